@@ -1,0 +1,170 @@
+"""A feature table and its sequences -> batches that hold each distinct ASV once.
+
+A sample is its ``max_asvs`` most abundant ASVs (ties broken by feature ID) with
+their relative abundances. A batch tokenises the union of its samples' ASVs once
+(``tokens [U, L]``) and points into it (``asv_index [B, K]``, -1 = empty slot):
+samples share most ASVs, so this is where most of the speed comes from.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .tokens import PAD, encode_sequences
+
+
+def _ids_preview(ids, n=5):
+    ids = list(ids)
+    shown = ', '.join(repr(str(i)) for i in ids[:n])
+    return shown + (', …' if len(ids) > n else '')
+
+
+@dataclass
+class Batch:
+    samples: np.ndarray                 # (B,) row numbers into the dataset
+    features: np.ndarray                # (U,) feature columns of the tokens' rows
+    tokens: torch.Tensor                # (U, L) long
+    asv_index: torch.Tensor             # (B, K) long, -1 = empty
+    abundance: torch.Tensor             # (B, K) float, relative abundance, 0 = empty
+    distances: Optional[torch.Tensor]   # (B, B) float, UniFrac sub-matrix in batch order
+    targets: Optional[torch.Tensor]     # (B,) float (standardised) or long (class index)
+
+    def to(self, device):
+        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        return Batch(self.samples, self.features, move(self.tokens), move(self.asv_index),
+                     move(self.abundance), move(self.distances), move(self.targets))
+
+
+class AmpliconData:
+    """Samples as ranked ASV lists, plus the tokens of every feature.
+
+    ``counts`` is samples x features (scipy sparse or dense); ``sequences`` are in
+    feature order. ``distances`` (n x n, sample order) and ``targets`` (n,) are optional.
+    """
+
+    def __init__(self, counts, sample_ids, feature_ids, sequences, max_asvs=1024,
+                 max_bp=150, distances=None, targets=None):
+        counts = sp.csr_matrix(counts, dtype=np.float64)
+        self.sample_ids = np.asarray([str(s) for s in sample_ids], dtype=object)
+        self.feature_ids = np.asarray([str(f) for f in feature_ids], dtype=object)
+        n, f = counts.shape
+        if n != len(self.sample_ids) or f != len(self.feature_ids) or f != len(sequences):
+            raise ValueError(f'counts are {n} x {f} but there are {len(self.sample_ids)} '
+                             f'sample IDs, {len(self.feature_ids)} feature IDs and '
+                             f'{len(sequences)} sequences.')
+        if n == 0 or f == 0:
+            raise ValueError(f'The table is empty ({n} samples, {f} features). '
+                             'Give a table with at least one sample that has reads.')
+        if counts.data.size and counts.data.min() < 0:
+            raise ValueError('The table has negative counts; give raw read counts.')
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        empty = self.sample_ids[totals <= 0]
+        if len(empty):
+            raise ValueError(
+                f'{len(empty)} of {n} samples have no reads: {_ids_preview(empty)}. '
+                'Remove them first, e.g. with `qiime feature-table filter-samples '
+                '--p-min-frequency 1`.')
+        self.max_asvs = int(max_asvs)
+        self.max_bp = int(max_bp)
+        self.tokens = torch.from_numpy(
+            encode_sequences(sequences, self.feature_ids, max_bp).astype(np.int64))  # (F, L)
+        self.lengths = (self.tokens != PAD).sum(dim=1)                               # (F,)
+        # rank of each feature ID in sorted order: the deterministic tie-breaker
+        id_rank = np.empty(f, dtype=np.int64)
+        id_rank[np.argsort(self.feature_ids.astype(str), kind='stable')] = np.arange(f)
+        self.asvs, self.abundances = [], []
+        for row in range(n):
+            start, end = counts.indptr[row], counts.indptr[row + 1]
+            cols, vals = counts.indices[start:end], counts.data[start:end]
+            keep = vals > 0
+            cols, vals = cols[keep], vals[keep]
+            order = np.lexsort((id_rank[cols], -vals))[:self.max_asvs]
+            self.asvs.append(cols[order].astype(np.int64))
+            self.abundances.append((vals[order] / totals[row]).astype(np.float32))
+        self.distances = None if distances is None else np.asarray(distances, np.float32)
+        if self.distances is not None and self.distances.shape != (n, n):
+            raise ValueError(f'distances are {self.distances.shape}, expected {(n, n)}.')
+        self.targets = None if targets is None else np.asarray(targets)
+        if self.targets is not None and len(self.targets) != n:
+            raise ValueError(f'{len(self.targets)} targets for {n} samples.')
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+    def asvs_per_sample(self):
+        return np.array([len(a) for a in self.asvs])
+
+    def make_batch(self, samples, dedupe=True, targets=None):
+        """Cut a batch for these sample rows. ``dedupe=False`` encodes every slot
+        separately (the naive path, kept for benchmarks and tests)."""
+        samples = np.asarray(samples, dtype=np.int64)
+        lists = [self.asvs[i] for i in samples]
+        k = max(1, max(len(a) for a in lists))
+        flat = np.concatenate(lists)
+        if dedupe:
+            unique, inverse = np.unique(flat, return_inverse=True)
+        else:
+            unique, inverse = flat, np.arange(len(flat))
+        asv_index = np.full((len(samples), k), -1, dtype=np.int64)
+        abundance = np.zeros((len(samples), k), dtype=np.float32)
+        offset = 0
+        for b, (a, i) in enumerate(zip(lists, samples)):
+            asv_index[b, :len(a)] = inverse[offset:offset + len(a)]
+            abundance[b, :len(a)] = self.abundances[i]
+            offset += len(a)
+        unique_t = torch.from_numpy(unique)
+        length = int(self.lengths[unique_t].max()) if len(unique) else 1
+        distances = None
+        if self.distances is not None:
+            distances = torch.from_numpy(self.distances[np.ix_(samples, samples)])
+        if targets is None and self.targets is not None:
+            targets = self.targets[samples]
+        return Batch(samples, unique, self.tokens[unique_t, :length], torch.from_numpy(asv_index),
+                     torch.from_numpy(abundance), distances,
+                     None if targets is None else torch.as_tensor(targets))
+
+    def used_features(self, samples):
+        """Distinct feature columns used by these samples, sorted."""
+        return np.unique(np.concatenate([self.asvs[i] for i in samples]))
+
+
+def batch_indices(samples, batch_size, shuffle=False, seed=0, epoch=0, rank=0, world_size=1):
+    """Split sample rows into batches; shuffled per (seed, epoch), sharded by rank.
+
+    Every rank sees the same permutation and takes every ``world_size``-th sample,
+    so a distributed run covers each sample once per epoch. No ``drop_last``: the
+    last batch may be smaller (a batch of one has no UniFrac pair and adds no
+    UniFrac term).
+    """
+    samples = np.asarray(samples, dtype=np.int64)
+    if shuffle:
+        samples = np.random.default_rng([seed, epoch]).permutation(samples)
+    samples = samples[rank::world_size]
+    return [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+
+
+def split_samples(n, validation_size=0.2, stratify=None, seed=0):
+    """Seeded train/validation split of ``range(n)``; stratified by class when given.
+
+    Returns (train, validation) row arrays; validation is empty when
+    ``validation_size`` is 0. Each class keeps at least one training sample.
+    """
+    rows = np.arange(n)
+    if not validation_size:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        n_val = int(round(validation_size * n))
+        n_val = min(max(n_val, 1), n - 1)
+        perm = rng.permutation(rows)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    stratify = np.asarray(stratify)
+    train, val = [], []
+    for label in np.unique(stratify):
+        members = rng.permutation(rows[stratify == label])
+        n_val = min(int(round(validation_size * len(members))), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))

@@ -1,0 +1,195 @@
+"""The AAM model: an ASV encoder over nucleotides, a sample encoder over ASVs, and heads.
+
+Shapes: U distinct ASVs in a batch, L tokens per ASV (START + bases), B samples,
+K ASV slots per sample (-1 = empty), D the embedding width, V the token vocabulary.
+"""
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from .tokens import PAD, VOCAB_SIZE
+
+TASKS = ('encoder', 'regression', 'classification')
+
+
+@dataclass
+class AAMConfig:
+    task: str = 'encoder'          # 'encoder' | 'regression' | 'classification'
+    n_outputs: int = 0             # regression: targets; classification: classes;
+                                   # encoder: 0, or 1 for an auxiliary per-sample target
+    vocab_size: int = VOCAB_SIZE
+    max_bp: int = 150
+    embedding_dim: int = 128
+    attention_heads: int = 4
+    attention_layers: int = 4      # per transformer (ASV and sample)
+    feedforward_mult: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f'task must be one of {TASKS}, not {self.task!r}.')
+        if self.task != 'encoder' and self.n_outputs < 1:
+            raise ValueError(f'A {self.task} model needs n_outputs >= 1.')
+        if self.embedding_dim % self.attention_heads:
+            raise ValueError(f'embedding_dim ({self.embedding_dim}) must be a multiple of '
+                             f'attention_heads ({self.attention_heads}).')
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f'Unknown model settings {unknown}; known: {sorted(known)}.')
+        return cls(**d)
+
+
+class AttentionPool(nn.Module):
+    """A learned score per position, softmax over valid positions, weighted sum.
+
+    Invalid positions get the dtype's lowest score and a weight of exactly zero
+    afterwards, so a row with no valid position pools to zeros, never NaN.
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x, valid):                           # x (N, S, D), valid (N, S)
+        scores = self.score(x).squeeze(-1)                 # (N, S)
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * valid    # (N, S), zero where invalid
+        return torch.einsum('ns,nsd->nd', weights, x)      # (N, D)
+
+
+def _transformer(cfg):
+    layer = nn.TransformerEncoderLayer(
+        cfg.embedding_dim, cfg.attention_heads, cfg.feedforward_mult * cfg.embedding_dim,
+        cfg.dropout, activation='gelu', batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, cfg.attention_layers, norm=nn.LayerNorm(cfg.embedding_dim),
+                                 enable_nested_tensor=False)
+
+
+def _attention_padding(valid):
+    """Key-padding mask for attention that never masks a whole row.
+
+    A row with no valid position (an empty sample) attends over its padding instead
+    of producing NaN; pooling then gives it zeros because pooling uses ``valid``.
+    """
+    return ~valid & valid.any(dim=1, keepdim=True)
+
+
+class ASVEncoder(nn.Module):
+    """Reads each distinct ASV's nucleotides once and pools them to one vector."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.token = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=PAD)
+        self.position = nn.Embedding(cfg.max_bp + 1, cfg.embedding_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = _transformer(cfg)
+        self.pool = AttentionPool(cfg.embedding_dim)
+
+    def forward(self, tokens):                             # tokens (U, L)
+        valid = tokens != PAD                              # (U, L)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        h = self.drop(self.token(tokens) + self.position(positions))       # (U, L, D)
+        h = self.transformer(h, src_key_padding_mask=_attention_padding(valid))
+        return self.pool(h, valid), h                      # (U, D), (U, L, D)
+
+
+class SampleEncoder(nn.Module):
+    """Reads a sample's ASV vectors with their abundances; ASV order carries no signal."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.abundance = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = _transformer(cfg)
+        self.pool = AttentionPool(d)
+
+    def forward(self, asv_vectors, asv_index, abundance):  # (U, D), (B, K), (B, K)
+        valid = asv_index >= 0                              # (B, K)
+        x = asv_vectors[asv_index.clamp(min=0)]             # (B, K, D)
+        # log relative abundance, roughly in [-1.2, 0] for 1e-5..1; padding -> 0 input
+        log_abundance = torch.log(abundance.clamp(min=1e-8)) / 10.0
+        x = x + self.abundance(log_abundance.unsqueeze(-1))             # (B, K, D)
+        x = self.drop(x) * valid.unsqueeze(-1)
+        h = self.transformer(x, src_key_padding_mask=_attention_padding(valid))
+        return self.pool(h, valid)                          # (B, D)
+
+
+class AAM(nn.Module):
+    """ASV encoder -> sample encoder -> UniFrac embedding, nucleotide and target heads."""
+
+    def __init__(self, cfg: AAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.asv_encoder = ASVEncoder(cfg)
+        self.sample_encoder = SampleEncoder(cfg)
+        self.unifrac_head = nn.Linear(d, d)                 # space where distances ~ UniFrac
+        self.nuc_head = nn.Linear(d, cfg.vocab_size)        # masked-base prediction
+        self.target_head = (nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
+                                          nn.Linear(d, cfg.n_outputs))
+                            if cfg.n_outputs > 0 else None)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def encoder_parameters(self):
+        """Parameters shared with a pretrained encoder (everything but the target head)."""
+        return [p for n, p in self.named_parameters() if not n.startswith('target_head.')]
+
+    def forward(self, tokens, asv_index, abundance, asv_vectors=None):
+        """tokens (U, L), asv_index (B, K) into U, abundance (B, K).
+
+        ``asv_vectors`` (U, D) may be given instead of encoding ``tokens`` again
+        (prediction encodes every distinct ASV of a table once).
+        """
+        out = {}
+        if asv_vectors is None:
+            asv_vectors, hidden = self.asv_encoder(tokens)  # (U, D), (U, L, D)
+            out['nuc_logits'] = self.nuc_head(hidden)       # (U, L, V)
+        sample = self.sample_encoder(asv_vectors, asv_index, abundance)   # (B, D)
+        out['sample'] = sample
+        out['embedding'] = self.unifrac_head(sample)        # (B, D)
+        if self.target_head is not None:
+            out['prediction'] = self.target_head(sample)    # (B, n_outputs)
+        return out
+
+
+def load_encoder_weights(model, encoder_state):
+    """Copy a pretrained encoder's weights into ``model`` (all but the target head)."""
+    own = model.state_dict()
+    shared = {k: v for k, v in encoder_state.items()
+              if not k.startswith('target_head.') and k in own}
+    missing = [k for k in own if not k.startswith('target_head.') and k not in shared]
+    mismatched = [k for k, v in shared.items() if v.shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(
+            'The pretrained encoder does not match this model\'s architecture '
+            f'({len(missing)} missing and {len(mismatched)} differently shaped weights, e.g. '
+            f'{(missing + mismatched)[:3]}). Fit with the same embedding_dim, '
+            'attention_heads and attention_layers as the pretrained model.')
+    model.load_state_dict(shared, strict=False)
+    return model
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,541 @@
+"""The training loop: batches, losses, validation, early stopping, best state, logs.
+
+Everything it needs arrives as arguments and nothing is kept at module level, so the
+same loop can later run under ``torchrun`` (only rank 0 would write logs).
+"""
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import losses, metrics, optim
+from .data import batch_indices
+from .tokens import mask_nucleotides
+
+MAX_NONFINITE_STEPS = 5
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 100
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    optimizer: str = 'adamw'
+    scheduler: str = 'warmup_cosine'
+    scheduler_params: dict = field(default_factory=dict)
+    warmup_fraction: float = 0.1
+    patience: int = 10
+    max_grad_norm: Optional[float] = None
+    nuc_mask_ratio: float = 0.15
+    unifrac_weight: float = 1.0
+    nuc_weight: float = 1.0
+    target_weight: float = 1.0
+    regression_loss: str = 'mse'          # 'mse' | 'huber'
+    class_weights: Optional[list] = None
+    freeze_encoder: bool = False
+    random_seed: int = 0
+    device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
+    threads: Optional[int] = None
+    histogram_frequency: int = 50         # epochs; 0 = off
+    tensorboard_dir: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
+    quiet: bool = False
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict                      # the best state, on CPU
+    history: pd.DataFrame                 # one row per epoch
+    validation: pd.DataFrame              # truth vs prediction at the best epoch
+    best_epoch: int
+    epochs_run: int
+    target_mean: Optional[float]
+    target_std: Optional[float]
+    tensorboard: dict                     # relative path -> bytes of the event files
+    train_seconds: float
+    train_samples_per_second: float
+
+
+def seed_everything(seed):
+    """Seed torch and numpy so that two CPU runs give bit-identical weights."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def resolve_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU on this "
+                         "machine (torch.cuda.is_available() is False). Use device 'cpu', "
+                         "or 'auto' to take a GPU only when there is one.")
+    if name not in ('cpu', 'cuda'):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {name!r}.")
+    return torch.device(name)
+
+
+def _target_kind(model):
+    if model.cfg.task == 'classification':
+        return 'classification'
+    return 'regression' if model.cfg.n_outputs > 0 else None
+
+
+def _fmt(value):
+    return f'{value:.6f}' if abs(value) < 1e-4 else f'{value:.4f}'
+
+
+class _Running:
+    """Running means of named values, for the progress bar and the epoch record."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, name, value):
+        if value is None:
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self):
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+class Trainer:
+    """Trains one model on one dataset; ``run()`` returns a ``TrainResult``."""
+
+    def __init__(self, model, data, train_rows, val_rows, settings, on_epoch_end=None):
+        self.model, self.data, self.s = model, data, settings
+        self.train_rows = np.asarray(train_rows, np.int64)
+        self.val_rows = np.asarray(val_rows, np.int64)
+        self.on_epoch_end = on_epoch_end
+        self.device = resolve_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(int(settings.threads))
+        self.kind = _target_kind(model)
+        if self.kind is not None and data.targets is None:
+            raise ValueError('This model predicts a target, but the data have no targets.')
+        self.use_unifrac = data.distances is not None and settings.unifrac_weight > 0
+        frozen = settings.freeze_encoder
+        self.use_nuc = settings.nuc_weight > 0 and settings.nuc_mask_ratio > 0 and not frozen
+        self.weights = {'unifrac_loss': settings.unifrac_weight, 'nuc_loss': settings.nuc_weight,
+                        'target_loss': settings.target_weight}
+        if frozen:
+            if self.kind is None:
+                raise ValueError('freeze_encoder leaves nothing to train in a model without a '
+                                 'target head.')
+            self.use_unifrac = False
+            for p in model.encoder_parameters():
+                p.requires_grad_(False)
+        self.mean = self.std = None
+        if self.kind == 'regression':
+            y = data.targets[self.train_rows].astype(np.float64)
+            self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
+        self.class_weights = (None if settings.class_weights is None else
+                              torch.tensor(settings.class_weights, dtype=torch.float32,
+                                           device=self.device))
+        model.to(self.device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = optim.make_optimizer(settings.optimizer, trainable,
+                                              lr=settings.learning_rate,
+                                              weight_decay=settings.weight_decay)
+        self.steps_per_epoch = len(batch_indices(self.train_rows, settings.batch_size))
+        self.scheduler = optim.make_scheduler(
+            settings.scheduler, self.optimizer, settings.epochs * self.steps_per_epoch,
+            warmup_fraction=settings.warmup_fraction, params=settings.scheduler_params)
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
+                             enabled=self.device.type == 'cuda')
+
+    # -- one batch -------------------------------------------------------------------
+    def _standardise(self, targets):
+        if self.kind == 'regression':
+            return (targets.float() - self.mean) / self.std
+        return targets
+
+    def _step_losses(self, batch, generator, frozen_vectors=None):
+        """Forward one batch; returns (loss terms, model outputs)."""
+        tokens = batch.tokens
+        mask = None
+        if self.use_nuc:
+            tokens, mask = mask_nucleotides(batch.tokens, self.s.nuc_mask_ratio, generator)
+        vectors = None if frozen_vectors is None else frozen_vectors[batch.features]
+        with torch.autocast(**self.autocast):
+            out = self.model(tokens, batch.asv_index, batch.abundance, asv_vectors=vectors)
+        terms = {}
+        if self.use_unifrac:
+            terms['unifrac_loss'] = losses.unifrac_loss(out['embedding'], batch.distances)
+        if self.use_nuc:
+            terms['nuc_loss'] = losses.nuc_loss(out['nuc_logits'], batch.tokens, mask)
+        if self.kind is not None:
+            terms['target_loss'] = losses.target_loss(
+                out['prediction'], self._standardise(batch.targets), self.kind,
+                self.s.regression_loss, self.class_weights)
+        return terms, out
+
+    def _targets_out(self, out):
+        """Model outputs -> predictions on the user's scale (or class probabilities)."""
+        pred = out['prediction'].float().detach()
+        if self.kind == 'classification':
+            return torch.softmax(pred, dim=-1).cpu().numpy()
+        return (pred[:, 0] * self.std + self.mean).cpu().numpy()
+
+    def _target_metrics(self, truth, predicted):
+        if self.kind == 'regression':
+            m = metrics.regression_metrics(truth, predicted)
+            return {'r2': m['r2'], 'mae': m['mae']}
+        if self.kind == 'classification':
+            m = metrics.classification_metrics(truth, predicted, self.model.cfg.n_outputs)
+            return {'accuracy': m['accuracy'], 'f1': m['f1']}
+        return {}
+
+    # -- epochs ----------------------------------------------------------------------
+    def _frozen_vectors(self):
+        if not self.s.freeze_encoder:
+            return None
+        return encode_all_asvs(self.model, self.data, self.device)
+
+    def _train_epoch(self, epoch, bar):
+        self.model.train()
+        if self.s.freeze_encoder:       # frozen parts stay in eval mode: no dropout noise
+            self.model.asv_encoder.eval()
+            self.model.sample_encoder.eval()
+        frozen = self._frozen_vectors()
+        generator = torch.Generator().manual_seed(self.s.random_seed * 100003 + epoch)
+        running, norms = _Running(), []
+        truth, predicted = [], []
+        for rows in batch_indices(self.train_rows, self.s.batch_size, shuffle=True,
+                                  seed=self.s.random_seed, epoch=epoch):
+            batch = self.data.make_batch(rows).to(self.device)
+            terms, out = self._step_losses(batch, generator, frozen)
+            loss = losses.total_loss(terms, self.weights)
+            if loss is None:
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad],
+                    self.s.max_grad_norm or float('inf'))
+                finite = bool(torch.isfinite(norm))
+            if not finite:
+                self._nonfinite(terms, batch)
+                continue
+            self.bad_steps = 0
+            self.optimizer.step()
+            if not self.scheduler.per_epoch:
+                self.scheduler.step()
+            norms.append(float(norm))
+            running.add('total_loss', loss.item())
+            for name, value in terms.items():
+                running.add(name, None if value is None else value.item())
+            if self.kind is not None:
+                truth.append(self.data.targets[batch.samples])
+                predicted.append(self._targets_out(out))
+            bar.update(len(rows))
+            bar.set_postfix_str(self._postfix(running.means()), refresh=False)
+        record = {f'train_{k}': v for k, v in running.means().items()}
+        if truth:
+            record.update({f'train_{k}': v for k, v in self._target_metrics(
+                np.concatenate(truth), np.concatenate(predicted)).items()})
+        record['learning_rate'] = self.optimizer.param_groups[0]['lr']
+        record['grad_norm'] = float(np.mean(norms)) if norms else float('nan')
+        return record
+
+    def _nonfinite(self, terms, batch):
+        self.bad_steps += 1
+        shown = ', '.join(f'{k}={float(v):.4g}' for k, v in terms.items() if v is not None)
+        ids = ', '.join(self.data.sample_ids[batch.samples][:5])
+        message = (f'Skipped an optimizer step: the loss or its gradient is not finite '
+                   f'({shown}); batch samples {ids}.')
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if self.bad_steps >= MAX_NONFINITE_STEPS:
+            raise FloatingPointError(
+                f'Training stopped: {self.bad_steps} steps in a row had a non-finite loss or '
+                f'gradient (last: {shown}; samples {ids}). Lower the learning rate, set '
+                'max_grad_norm (e.g. 1.0), or check the input for extreme values.')
+
+    @torch.no_grad()
+    def _validate(self):
+        """Validation losses and metrics in eval mode, with a fixed nucleotide mask."""
+        self.model.eval()
+        frozen = self._frozen_vectors()
+        generator = torch.Generator().manual_seed(self.s.random_seed + 7)
+        running, truth, predicted, embeddings = _Running(), [], [], []
+        for rows in batch_indices(self.val_rows, self.s.batch_size):
+            batch = self.data.make_batch(rows).to(self.device)
+            terms, out = self._step_losses(batch, generator, frozen)
+            loss = losses.total_loss(terms, self.weights)
+            running.add('total_loss', None if loss is None else loss.item())
+            for name, value in terms.items():
+                running.add(name, None if value is None else value.item())
+            embeddings.append(out['embedding'].float().cpu())
+            if self.kind is not None:
+                truth.append(self.data.targets[batch.samples])
+                predicted.append(self._targets_out(out))
+        record = {f'val_{k}': v for k, v in running.means().items()}
+        table = None
+        if self.kind is not None:
+            truth, predicted = np.concatenate(truth), np.concatenate(predicted)
+            record.update({f'val_{k}': v for k, v in self._target_metrics(truth, predicted).items()})
+            table = self._validation_table(truth, predicted)
+        elif self.use_unifrac and len(self.val_rows) >= 2:
+            table = _pair_table(self.data, self.val_rows, torch.cat(embeddings))
+        return record, table
+
+    def _validation_table(self, truth, predicted):
+        ids = pd.Index(self.data.sample_ids[self.val_rows], name='sample-id')
+        if self.kind == 'regression':
+            return pd.DataFrame({'truth': truth, 'prediction': predicted}, index=ids)
+        classes = self.class_names
+        table = pd.DataFrame({'truth': [classes[i] for i in truth],
+                              'prediction': [classes[i] for i in predicted.argmax(1)]}, index=ids)
+        for c, name in enumerate(classes):
+            table[f'prob:{name}'] = predicted[:, c]
+        return table
+
+    def _postfix(self, means):
+        names = [('total_loss', 'Total'), ('unifrac_loss', 'UniFrac'), ('nuc_loss', 'Nuc'),
+                 ('target_loss', 'Target')]
+        parts = [f'{label}={_fmt(means[key])}' for key, label in names if key in means]
+        parts.append(f"LR={self.optimizer.param_groups[0]['lr']:.2e}")
+        return ' '.join(parts)
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self, class_names=None, resume_from=None):
+        s = self.s
+        self.class_names = class_names
+        self.bad_steps = 0
+        tb_dir = s.tensorboard_dir or tempfile.mkdtemp(prefix='q2-aam-tensorboard-')
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
+        writer = SummaryWriter(log_dir=tb_dir)
+        state = {'epoch': 0, 'best_loss': math.inf, 'best_epoch': 0, 'waited': 0,
+                 'history': [], 'best_state': None, 'validation': None}
+        if resume_from is not None:
+            state = self._load_resume(resume_from)
+        started = time.perf_counter()
+        seen = 0
+        for epoch in range(state['epoch'] + 1, s.epochs + 1):
+            with tqdm(total=len(self.train_rows), desc=f'Epoch {epoch}/{s.epochs}',
+                      file=sys.stderr, disable=s.quiet, leave=False) as bar:
+                record = {'epoch': epoch, **self._train_epoch(epoch, bar)}
+            seen += len(self.train_rows)
+            table = None
+            if len(self.val_rows):
+                val_record, table = self._validate()
+                record.update(val_record)
+            monitored = record.get('val_total_loss', record.get('train_total_loss', math.inf))
+            if self.scheduler.per_epoch:
+                self.scheduler.step(monitored)
+            improved = monitored < state['best_loss']
+            if improved:
+                state.update(best_loss=monitored, best_epoch=epoch, waited=0,
+                             best_state=_cpu_state(self.model), validation=table)
+                if s.checkpoint_dir:
+                    _atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
+            else:
+                state['waited'] += 1
+            state['history'].append(record)
+            state['epoch'] = epoch
+            self._log(writer, epoch, record, improved, table)
+            if not s.quiet:
+                tqdm.write(_summary_line(record, s.epochs, improved), file=sys.stderr)
+            if s.checkpoint_dir:
+                self._save_resume(state)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, record)
+            if len(self.val_rows) and state['waited'] >= s.patience:
+                if not s.quiet:
+                    tqdm.write(f'Early stop: validation loss has not improved for '
+                               f'{s.patience} epochs; keeping epoch {state["best_epoch"]}.',
+                               file=sys.stderr)
+                break
+        writer.close()
+        elapsed = time.perf_counter() - started
+        if state['best_state'] is None:        # every epoch non-finite or no epoch run
+            state['best_state'] = _cpu_state(self.model)
+        validation = state['validation']
+        if validation is None:
+            validation = pd.DataFrame(columns=['truth', 'prediction'],
+                                      index=pd.Index([], name='sample-id'))
+        return TrainResult(
+            state_dict=state['best_state'], history=pd.DataFrame(state['history']),
+            validation=validation, best_epoch=state['best_epoch'], epochs_run=state['epoch'],
+            target_mean=self.mean, target_std=self.std,
+            tensorboard=_read_tree(tb_dir), train_seconds=elapsed,
+            train_samples_per_second=seen / elapsed if elapsed > 0 else float('nan'))
+
+    def _log(self, writer, epoch, record, improved, table):
+        for key, value in record.items():
+            if key == 'epoch' or value is None or not np.isfinite(value):
+                continue
+            if key.startswith(('train_', 'val_')):
+                split, name = key.split('_', 1)
+                writer.add_scalar(f'{split}/{name}', value, epoch)
+            else:
+                writer.add_scalar(f'train/{key}', value, epoch)
+        freq = self.s.histogram_frequency
+        if freq and epoch % freq == 0:
+            for name, p in self.model.named_parameters():
+                if p.grad is not None and bool(p.grad.abs().sum() > 0):
+                    writer.add_histogram(f'weights/{name}', p.detach().float().cpu(), epoch)
+                    writer.add_histogram(f'gradients/{name}', p.grad.float().cpu(), epoch)
+        if improved and table is not None and len(table):
+            writer.add_figure('val/figure', validation_figure(table, self.kind, self.class_names),
+                              epoch)
+        writer.flush()
+
+    # -- resume ----------------------------------------------------------------------
+    def _save_resume(self, state):
+        payload = {
+            'model': _cpu_state(self.model), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(), 'torch_rng': torch.get_rng_state(),
+            'epoch': state['epoch'], 'best_loss': state['best_loss'],
+            'best_epoch': state['best_epoch'], 'waited': state['waited'],
+            'best_state': state['best_state'], 'history': state['history'],
+            'validation': (None if state['validation'] is None else
+                           state['validation'].reset_index().to_dict(orient='list')),
+            'validation_index': (None if state['validation'] is None else
+                                 state['validation'].index.name),
+        }
+        _atomic_save(payload, Path(self.s.checkpoint_dir) / 'last_checkpoint.pt')
+
+    def _load_resume(self, path):
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+        self.model.load_state_dict(payload['model'])
+        self.optimizer.load_state_dict(payload['optimizer'])
+        self.scheduler.load_state_dict(payload['scheduler'])
+        torch.set_rng_state(payload['torch_rng'])
+        validation = None
+        if payload['validation'] is not None:
+            validation = pd.DataFrame(payload['validation']).set_index(
+                payload['validation_index'])
+        return {'epoch': payload['epoch'], 'best_loss': payload['best_loss'],
+                'best_epoch': payload['best_epoch'], 'waited': payload['waited'],
+                'history': payload['history'], 'best_state': payload['best_state'],
+                'validation': validation}
+
+
+def train(model, data, train_rows, val_rows, settings, class_names=None, resume_from=None,
+          on_epoch_end=None):
+    """Train ``model`` in place and return the best state and the run's record."""
+    trainer = Trainer(model, data, train_rows, val_rows, settings, on_epoch_end=on_epoch_end)
+    return trainer.run(class_names=class_names, resume_from=resume_from)
+
+
+@torch.no_grad()
+def encode_all_asvs(model, data, device, rows=None, chunk=512):
+    """Encode every distinct ASV the given samples use, once: returns (F, D) on ``device``.
+
+    Rows of features no sample uses stay zero; they are never gathered.
+    """
+    was_training = model.training
+    model.eval()
+    features = data.used_features(range(len(data)) if rows is None else rows)
+    out = torch.zeros(len(data.feature_ids), model.cfg.embedding_dim, device=device)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    for start in range(0, len(features), chunk):
+        cols = torch.from_numpy(features[start:start + chunk])
+        tokens = data.tokens[cols]
+        tokens = tokens[:, :int((tokens != 0).sum(1).max())].to(device)
+        with torch.autocast(**autocast):
+            vectors, _ = model.asv_encoder(tokens)
+        out[cols.to(device)] = vectors.float()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def predict(model, data, rows=None, batch_size=64, device='cpu', dedupe_table=True):
+    """Sample embeddings and target outputs for ``rows`` (default: all samples).
+
+    With ``dedupe_table`` every distinct ASV of the table is encoded once, then each
+    batch only runs the sample encoder. Returns {'embedding': (n, D), 'prediction':
+    (n, n_outputs) raw head outputs, when the model has a head}.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    model.to(device).eval()
+    rows = np.arange(len(data)) if rows is None else np.asarray(rows, np.int64)
+    vectors = encode_all_asvs(model, data, device, rows) if dedupe_table else None
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    embeddings, predictions = [], []
+    for chunk in batch_indices(rows, batch_size):
+        batch = data.make_batch(chunk).to(device)
+        with torch.autocast(**autocast):
+            out = model(batch.tokens, batch.asv_index, batch.abundance,
+                        asv_vectors=None if vectors is None else vectors[batch.features])
+        embeddings.append(out['embedding'].float().cpu())
+        if 'prediction' in out:
+            predictions.append(out['prediction'].float().cpu())
+    result = {'embedding': torch.cat(embeddings).numpy()}
+    if predictions:
+        result['prediction'] = torch.cat(predictions).numpy()
+    return result
+
+
+def validation_figure(table, kind, class_names=None):
+    """The figure of a validation table: scatter, confusion matrix or UniFrac pairs."""
+    from . import plots
+    if kind == 'regression':
+        return plots.regression_figure(table['truth'].to_numpy(float),
+                                       table['prediction'].to_numpy(float))
+    if kind == 'classification':
+        names = list(class_names)
+        lookup = {n: i for i, n in enumerate(names)}
+        return plots.confusion_figure(table['truth'].map(lookup).to_numpy(int),
+                                      table['prediction'].map(lookup).to_numpy(int), names)
+    return plots.unifrac_figure(table['truth'].to_numpy(float), table['prediction'].to_numpy(float))
+
+
+def _pair_table(data, rows, embeddings):
+    """UniFrac truth vs embedding distance for every pair of validation samples."""
+    from .losses import pairwise_distances
+    ids = data.sample_ids[rows]
+    i, j = np.triu_indices(len(rows), k=1)
+    return pd.DataFrame({
+        'truth': data.distances[np.ix_(rows, rows)][i, j],
+        'prediction': pairwise_distances(embeddings).numpy()},
+        index=pd.Index([f'{a} | {b}' for a, b in zip(ids[i], ids[j])], name='sample-id'))
+
+
+def _summary_line(record, epochs, improved):
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    for key in ('train_total_loss', 'val_total_loss', 'val_r2', 'val_mae', 'val_accuracy'):
+        if key in record and record[key] is not None and np.isfinite(record[key]):
+            parts.append(f'{key}={_fmt(record[key])}')
+    parts.append(f"lr={record['learning_rate']:.2e}")
+    return '  '.join(parts) + ('  *best*' if improved else '')
+
+
+def _cpu_state(model):
+    return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
+
+
+def _atomic_save(obj, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_tree(directory):
+    root = Path(directory)
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+__all__ = ['TrainSettings', 'TrainResult', 'Trainer', 'train', 'predict', 'encode_all_asvs',
+           'seed_everything', 'resolve_device', 'validation_figure']
