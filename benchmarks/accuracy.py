@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Accuracy benchmark: q2-aam against q2-sample-classifier's default random forest.
+
+Same splits for every model:
+  sleep-apnea-10422 / age (regression): 5 folds holding out whole mice
+      (GroupKFold on `host_subject_id`, 16 mice);
+  moving-pictures / body-site (classification, 4 classes): repeated stratified
+      80/20 splits, one per seed.
+
+Honesty: everything a model learns from comes from the training part of a split.
+UniFrac is cut to the training samples before pretraining or fitting; test labels
+never reach training; the validation split used for early stopping is drawn inside
+the training part (whole mice for sleep-apnea, stratified for moving-pictures).
+
+Usage:
+  .venv/bin/python benchmarks/accuracy.py                     # everything, writes results.md
+  .venv/bin/python benchmarks/accuracy.py --quick             # 2 folds, short runs
+  .venv/bin/python benchmarks/accuracy.py --datasets sleep-apnea --variants rf,aam --folds 3
+  .venv/bin/python benchmarks/accuracy.py --list              # the variants
+"""
+import argparse
+import copy
+import datetime
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get('Q2_AAM_DATA', '/work/shared/data'))
+
+
+# -- data ------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    name: str
+    target: str
+    task: str                     # 'regression' | 'classification'
+    counts: object                # scipy csr, samples x features (raw counts)
+    sample_ids: np.ndarray
+    feature_ids: np.ndarray
+    sequences: list
+    distances: np.ndarray         # n x n unweighted UniFrac in sample order
+    y: np.ndarray                 # float targets or class indices
+    classes: list = None
+    groups: np.ndarray = None     # hold-out unit (mouse) or None
+
+
+DATASETS = {
+    'sleep-apnea': ('sleep-apnea-10422', 'age', 'regression', 'host_subject_id'),
+    'moving-pictures': ('moving-pictures', 'body-site', 'classification', None),
+}
+
+
+def _read_fasta(path):
+    seqs, name = {}, None
+    for line in open(path):
+        line = line.strip()
+        if line.startswith('>'):
+            name = line[1:].split()[0]
+            seqs[name] = []
+        elif line:
+            seqs[name].append(line)
+    return {k: ''.join(v) for k, v in seqs.items()}
+
+
+def load_dataset(key):
+    import biom
+    import pandas as pd
+    folder, target, task, group_col = DATASETS[key]
+    d = DATA / folder
+    table = biom.load_table(str(d / 'table.biom'))
+    meta = pd.read_csv(d / 'metadata.tsv', sep='\t', dtype=str, comment=None)
+    meta = meta[~meta.iloc[:, 0].str.startswith('#')].set_index(meta.columns[0])
+    dm = pd.read_csv(d / 'unweighted-unifrac.tsv', sep='\t', index_col=0)
+    dm.index = dm.index.astype(str)
+    dm.columns = dm.columns.astype(str)
+    ids = [s for s in table.ids('sample') if s in meta.index and s in dm.index
+           and isinstance(meta.loc[s, target], str) and meta.loc[s, target] != '']
+    table = table.filter(ids, axis='sample', inplace=False)
+    table = table.filter(lambda v, i, m: v.sum() > 0, axis='observation', inplace=False)
+    fids = np.asarray(table.ids('observation'), dtype=object)
+    seqs = _read_fasta(d / 'rep-seqs.fasta')
+    counts = table.matrix_data.T.tocsr().astype(np.float64)          # samples x features
+    values = meta.loc[ids, target]
+    if task == 'regression':
+        y, classes = values.astype(float).to_numpy(), None
+    else:
+        classes = sorted(values.unique())
+        y = values.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    groups = None if group_col is None else meta.loc[ids, group_col].to_numpy()
+    return Dataset(key, target, task, counts, np.asarray(ids, dtype=object), fids,
+                   [seqs[f] for f in fids], dm.loc[ids, ids].to_numpy(np.float32),
+                   y, classes, groups)
+
+
+def make_splits(ds, n_splits):
+    """[(train_rows, test_rows)]: whole groups held out, or stratified 80/20 per seed."""
+    from sklearn.model_selection import GroupKFold, train_test_split
+    rows = np.arange(len(ds.y))
+    if ds.groups is not None:
+        folds = list(GroupKFold(n_splits=5).split(rows, ds.y, ds.groups))
+        return folds[:n_splits]
+    out = []
+    for seed in range(n_splits):
+        tr, te = train_test_split(rows, test_size=0.2, stratify=ds.y, random_state=seed)
+        out.append((np.sort(tr), np.sort(te)))
+    return out
+
+
+def inner_validation(ds, train_rows, fraction=0.2, seed=0):
+    """A validation split inside the training rows (whole groups, or stratified)."""
+    rng = np.random.default_rng(seed)
+    if ds.groups is not None:
+        g = np.unique(ds.groups[train_rows])
+        n_val = max(1, int(round(fraction * len(g))))
+        val_groups = set(rng.permutation(g)[:n_val])
+        is_val = np.array([x in val_groups for x in ds.groups[train_rows]])
+        return train_rows[~is_val], train_rows[is_val]
+    from q2_aam.engine.data import split_samples
+    tr, va = split_samples(len(train_rows), fraction, stratify=ds.y[train_rows], seed=seed)
+    return train_rows[tr], train_rows[va]
+
+
+# -- models ----------------------------------------------------------------------------
+
+@dataclass
+class AAMVariant:
+    """One q2-aam configuration (pretraining is optional)."""
+    description: str
+    embedding_dim: int = 64
+    attention_heads: int = 4
+    attention_layers: int = 2
+    dropout: float = 0.1
+    max_asvs: int = 256
+    batch_size: int = 8
+    pretrain: bool = True
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 1e-3
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = 'adamw'
+    scheduler: str = 'warmup_cosine'
+    patience: int = 10
+    freeze_encoder: bool = False
+    nuc_weight: float = 1.0          # masked-base loss while fitting
+    pretrain_nuc_weight: float = 1.0
+    unifrac_weight: float = 0.0      # UniFrac loss while fitting (training samples only)
+    rarefy: int = 0                  # per-epoch read subsampling depth (0 = off)
+    ensemble: int = 1                # models (seeds) averaged
+    max_grad_norm: float = 1.0
+    extra: dict = field(default_factory=dict)   # other TrainSettings fields
+
+
+@dataclass
+class RFVariant:
+    description: str
+
+
+VARIANTS = {
+    'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
+    'aam': AAMVariant("q2-aam defaults: pretrain on training UniFrac, then fit"),
+    'aam-nopre': AAMVariant("q2-aam, no pretraining", pretrain=False),
+    'aam-frozen': AAMVariant("q2-aam, pretrained encoder frozen", freeze_encoder=True),
+    'aam-small': AAMVariant("q2-aam, dim 32, 1 layer", embedding_dim=32, attention_layers=1),
+}
+
+
+def _settings(v, seed, epochs, lr, pretraining, quiet=True, threads=None):
+    from q2_aam.engine.trainer import TrainSettings
+    kw = dict(epochs=epochs, batch_size=v.batch_size, learning_rate=lr,
+              weight_decay=v.weight_decay, optimizer=v.optimizer, scheduler=v.scheduler,
+              patience=v.patience, max_grad_norm=v.max_grad_norm, random_seed=seed,
+              histogram_frequency=0, quiet=quiet, threads=threads)
+    if pretraining:
+        kw.update(nuc_weight=v.pretrain_nuc_weight)
+    else:
+        kw.update(nuc_weight=v.nuc_weight, unifrac_weight=v.unifrac_weight,
+                  freeze_encoder=v.freeze_encoder)
+    if v.rarefy:
+        kw['rarefy_depth'] = v.rarefy
+    kw.update(v.extra)
+    return TrainSettings(**kw)
+
+
+def _subset_data(ds, rows, max_asvs, with_distances=False, with_targets=False):
+    from q2_aam.engine.data import AmpliconData
+    return AmpliconData(ds.counts[rows], ds.sample_ids[rows], ds.feature_ids, ds.sequences,
+                        max_asvs=max_asvs,
+                        distances=ds.distances[np.ix_(rows, rows)] if with_distances else None,
+                        targets=ds.y[rows] if with_targets else None)
+
+
+def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
+    """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions."""
+    import torch
+    from q2_aam.engine.model import AAM, AAMConfig, load_encoder_weights
+    from q2_aam.engine.trainer import predict, train
+    fit_rows, val_rows = inner_validation(ds, train_rows, seed=fold)
+    # local row numbers inside the training-only data
+    local = {r: i for i, r in enumerate(train_rows)}
+    fit_local = np.array([local[r] for r in fit_rows])
+    val_local = np.array([local[r] for r in val_rows])
+    n_out = 1 if ds.task == 'regression' else len(ds.classes)
+    pre_epochs = max(2, v.pretrain_epochs // 5) if quick else v.pretrain_epochs
+    fit_epochs = max(2, v.epochs // 5) if quick else v.epochs
+    train_data = _subset_data(ds, train_rows, v.max_asvs, with_distances=v.pretrain or
+                              v.unifrac_weight > 0, with_targets=True)
+    test_data = _subset_data(ds, test_rows, v.max_asvs)
+    outputs, seen, seconds, info = [], 0, 0.0, {}
+    for member in range(v.ensemble):
+        seed = 1000 * fold + member
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
+                    attention_layers=v.attention_layers, dropout=v.dropout)
+        encoder_state = None
+        if v.pretrain:
+            enc = AAM(AAMConfig(task='encoder', n_outputs=0, **arch))
+            r = train(enc, train_data, fit_local, val_local,
+                      _settings(v, seed, pre_epochs, v.pretrain_lr, True))
+            encoder_state = r.state_dict
+            seen += r.train_samples_per_second * r.train_seconds
+            seconds += r.train_seconds
+            info['pre_best_epoch'] = r.best_epoch
+        model = AAM(AAMConfig(task=ds.task, n_outputs=n_out, **arch))
+        if encoder_state is not None:
+            load_encoder_weights(model, encoder_state)
+        r = train(model, train_data, fit_local, val_local,
+                  _settings(v, seed, fit_epochs, v.learning_rate, False),
+                  class_names=ds.classes)
+        seen += r.train_samples_per_second * r.train_seconds
+        seconds += r.train_seconds
+        info['best_epoch'] = r.best_epoch
+        info['epochs_run'] = r.epochs_run
+        model.load_state_dict(r.state_dict)
+        t0 = time.perf_counter()
+        out = predict(model, test_data)['prediction']
+        info['predict_seconds'] = info.get('predict_seconds', 0) + time.perf_counter() - t0
+        if ds.task == 'regression':
+            outputs.append(out[:, 0] * r.target_std + r.target_mean)
+        else:
+            outputs.append(torch.softmax(torch.from_numpy(out), -1).numpy())
+        if log:
+            log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
+    info['train_samples_per_second'] = seen / seconds if seconds else float('nan')
+    return np.mean(outputs, axis=0), info
+
+
+def run_rf(ds, train_rows, test_rows, fold):
+    """q2-sample-classifier's default estimator: DictVectorizer over raw counts (feature
+    columns in sorted ID order) -> RandomForest{Regressor,Classifier}(n_estimators=100)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    order = np.argsort(ds.feature_ids.astype(str))
+    X = ds.counts[:, order]
+    Est = RandomForestRegressor if ds.task == 'regression' else RandomForestClassifier
+    est = Est(n_estimators=100, random_state=fold, n_jobs=1)
+    t0 = time.perf_counter()
+    est.fit(X[train_rows], ds.y[train_rows])
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if ds.task == 'regression':
+        pred = est.predict(X[test_rows])
+    else:
+        pred = est.predict_proba(X[test_rows])
+    info = {'predict_seconds': time.perf_counter() - t0,
+            'train_samples_per_second': len(train_rows) / seconds}
+    return pred, info
+
+
+# -- metrics and memory ------------------------------------------------------------------
+
+def score(ds, truth, pred):
+    from sklearn.metrics import (accuracy_score, mean_absolute_error, r2_score,
+                                 roc_auc_score)
+    if ds.task == 'regression':
+        return {'r2': r2_score(truth, pred), 'mae': mean_absolute_error(truth, pred)}
+    auc = roc_auc_score(truth, pred, multi_class='ovr', average='macro',
+                        labels=list(range(len(ds.classes))))
+    return {'accuracy': accuracy_score(truth, pred.argmax(1)), 'auroc': auc}
+
+
+def reset_peak_rss():
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    try:
+        for line in open('/proc/self/status'):
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(name, variant, ds, splits, quick=False, log=print):
+    reset_peak_rss()
+    scores, train_s, pred_sps, train_sps, extra = [], [], [], [], []
+    for fold, (tr, te) in enumerate(splits):
+        t0 = time.perf_counter()
+        if isinstance(variant, RFVariant):
+            pred, info = run_rf(ds, tr, te, fold)
+        else:
+            pred, info = run_aam(variant, ds, tr, te, fold, quick=quick, log=log)
+        train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
+        pred_sps.append(len(te) / max(info['predict_seconds'], 1e-9))
+        train_sps.append(info['train_samples_per_second'])
+        s = score(ds, ds.y[te], pred)
+        scores.append(s)
+        extra.append({k: v for k, v in info.items() if k.endswith('epoch') or k == 'epochs_run'})
+        log(f'  {ds.name} {name} fold {fold}: ' +
+            ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
+            f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
+    row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(splits)}
+    for k in scores[0]:
+        vals = np.array([s[k] for s in scores])
+        row[k] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0)
+    row['train_s'] = float(np.mean(train_s))
+    row['peak_mb'] = peak_rss_mb()
+    row['train_sps'] = float(np.nanmean(train_sps))
+    row['predict_sps'] = float(np.mean(pred_sps))
+    return row
+
+
+def format_table(rows):
+    head = ('| data set | target | model | folds | R² / accuracy | MAE / AUROC | '
+            'train s/fold | peak MB | train samples/s | predict samples/s |')
+    lines = [head, '|' + '---|' * 10]
+    for r in rows:
+        if 'r2' in r:
+            a, b = r['r2'], r['mae']
+        else:
+            a, b = r['accuracy'], r['auroc']
+        lines.append(f"| {r['dataset']} | {r['target']} | {r['model']} | {r['folds']} | "
+                     f"{a[0]:.3f} ± {a[1]:.3f} | {b[0]:.3f} ± {b[1]:.3f} | "
+                     f"{r['train_s']:.1f} | {r['peak_mb']:.0f} | {r['train_sps']:.1f} | "
+                     f"{r['predict_sps']:.1f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--datasets', default='sleep-apnea,moving-pictures')
+    p.add_argument('--variants', default='rf,aam,aam-nopre,aam-frozen,aam-small')
+    p.add_argument('--folds', type=int, default=5, help='folds / seeds per data set (max 5 '
+                   'for sleep-apnea)')
+    p.add_argument('--quick', action='store_true', help='2 folds and ~1/5 of the epochs')
+    p.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument('--output', default=str(ROOT / 'benchmarks' / 'results.md'),
+                   help="markdown file to write ('' = do not write)")
+    p.add_argument('--list', action='store_true')
+    args = p.parse_args(argv)
+    if args.list:
+        for k, v in VARIANTS.items():
+            print(f'{k:14s} {v}')
+        return []
+    import torch
+    torch.set_num_threads(args.threads)
+    folds = 2 if args.quick else args.folds
+    rows = []
+    started = time.time()
+    for key in args.datasets.split(','):
+        ds = load_dataset(key)
+        splits = make_splits(ds, folds)
+        for name in args.variants.split(','):
+            print(f'{key}: {name}', flush=True)
+            rows.append(evaluate(name, VARIANTS[name], ds, splits, quick=args.quick))
+    table = format_table(rows)
+    print(table)
+    if args.output:
+        command = ' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', '')]
+                           + ['benchmarks/accuracy.py'] + (argv if argv is not None
+                                                           else sys.argv[1:]))
+        write_results(args.output, table, command, time.time() - started)
+    return rows
+
+
+def write_results(path, table, command, seconds):
+    """Replace the 'Main results' section of the results file (other sections stay)."""
+    path = Path(path)
+    stamp = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    section = (f'## Main results\n\nRun {stamp} on {platform.node() or "?"}: '
+               f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
+               f'torch threads as given; total {seconds / 60:.1f} min.\n\n'
+               f'Command: `{command}`\n\n{table}\n\n'
+               'R² and MAE (weeks) for sleep-apnea/age are per fold (whole mice held out); '
+               'accuracy and macro one-vs-rest AUROC for moving-pictures/body-site are per '
+               'stratified 80/20 split. Values are mean ± sd over folds. Train time includes '
+               'pretraining and every ensemble member; peak MB is the process\'s peak RSS '
+               'during that row.\n')
+    text = path.read_text() if path.exists() else '# q2-aam accuracy benchmark\n\n'
+    start = text.find('## Main results')
+    if start >= 0:
+        end = text.find('\n## ', start + 5)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else '')
+    else:
+        text = text.rstrip('\n') + '\n\n' + section
+    path.write_text(text)
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()
