@@ -1,0 +1,237 @@
+"""pretrain / fit / predict: QIIME 2 views in, engine calls, views out.
+
+No torch model code here: this module only turns QIIME 2 inputs into engine data,
+engine settings into a training run, and a run into a SavedModel.
+"""
+import biom
+import numpy as np
+import pandas as pd
+import qiime2
+import skbio
+
+from . import _inputs
+from .engine import checkpoint, optim
+from .engine.checkpoint import SavedModel
+from .engine.data import split_samples
+from .engine.model import AAM, AAMConfig, load_encoder_weights
+from .engine.trainer import TrainSettings, predict as engine_predict, resolve_device, \
+    seed_everything, train
+
+# Defaults, shared with plugin_setup.py so that the signature and the help agree.
+DEFAULTS = dict(
+    epochs=100, batch_size=8, learning_rate=1e-4, weight_decay=0.01, optimizer='adamw',
+    scheduler='warmup_cosine', scheduler_params='{}', warmup_fraction=0.1, patience=10,
+    max_grad_norm=0.0, validation_size=0.2, max_asvs=1024, max_bp=150, embedding_dim=128,
+    attention_heads=4, attention_layers=4, dropout=0.1, nuc_mask_ratio=0.15,
+    unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
+    random_seed=0, device='auto', threads=0, tensorboard_dir='',
+)
+D = DEFAULTS
+ARCHITECTURE = ('embedding_dim', 'attention_heads', 'attention_layers', 'dropout')
+
+
+def _threads(value):
+    """0 or 'auto' (newer QIIME 2's Threads) leave torch's own choice."""
+    return None if value in (0, 'auto', None) else int(value)
+
+
+def _settings(p, **overrides):
+    """TrainSettings from the action's parameters (validated before any work)."""
+    resolve_device(p['device'])                     # 'cuda' without a GPU fails here
+    params = optim.parse_scheduler_params(p['scheduler_params'])
+    s = TrainSettings(
+        epochs=p['epochs'], batch_size=p['batch_size'], learning_rate=p['learning_rate'],
+        weight_decay=p['weight_decay'], optimizer=p['optimizer'], scheduler=p['scheduler'],
+        scheduler_params=params, warmup_fraction=p['warmup_fraction'], patience=p['patience'],
+        max_grad_norm=p['max_grad_norm'] or None, nuc_mask_ratio=p['nuc_mask_ratio'],
+        unifrac_weight=p['unifrac_weight'], nuc_weight=p['nuc_weight'],
+        random_seed=p['random_seed'], device=p['device'], threads=_threads(p['threads']),
+        tensorboard_dir=p['tensorboard_dir'] or None, quiet=False, **overrides)
+    optim._check_params(s.scheduler, params)        # unknown keys fail before training
+    return s
+
+
+def _training_record(p, settings, samples, extra=None):
+    record = {k: v for k, v in p.items()}
+    record['scheduler_params'] = settings.scheduler_params
+    record['samples'] = samples
+    record.update(extra or {})
+    return record
+
+
+def _run(model, data, settings, validation_size, seed, stratify=None, class_names=None):
+    train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
+                                         seed=seed)
+    _inputs.note(f'training on {len(train_rows)} samples, validating on {len(val_rows)}; '
+                 f'{len(data.feature_ids)} distinct ASVs.')
+    return train(model, data, train_rows, val_rows, settings, class_names=class_names)
+
+
+def pretrain(
+        table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix,
+        alpha_diversity: pd.Series = None, ignore_missing_samples: bool = False,
+        max_bp: int = D['max_bp'], embedding_dim: int = D['embedding_dim'],
+        attention_heads: int = D['attention_heads'],
+        attention_layers: int = D['attention_layers'], dropout: float = D['dropout'],
+        epochs: int = D['epochs'], batch_size: int = D['batch_size'],
+        learning_rate: float = D['learning_rate'], weight_decay: float = D['weight_decay'],
+        optimizer: str = D['optimizer'], scheduler: str = D['scheduler'],
+        scheduler_params: str = D['scheduler_params'],
+        warmup_fraction: float = D['warmup_fraction'], patience: int = D['patience'],
+        max_grad_norm: float = D['max_grad_norm'], validation_size: float = D['validation_size'],
+        max_asvs: int = D['max_asvs'], nuc_mask_ratio: float = D['nuc_mask_ratio'],
+        unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = D['nuc_weight'],
+        random_seed: int = D['random_seed'], device: str = D['device'],
+        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir']) -> SavedModel:
+    p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    settings = _settings(p)
+    seed_everything(p['random_seed'])
+    counts, sample_ids, feature_ids = _inputs.table_parts(table)
+    seqs = _inputs.sequences_for(feature_ids, sequences)
+    keep = _inputs.distances_for(sample_ids, distance_matrix, ignore_missing_samples)
+    counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
+    if len(sample_ids) < _inputs.MIN_SAMPLES:
+        raise ValueError(f'Only {len(sample_ids)} samples are in both the table and the '
+                         f'distance matrix; pretraining needs at least {_inputs.MIN_SAMPLES}.')
+    targets = None if alpha_diversity is None else _inputs.alpha_values(alpha_diversity,
+                                                                        sample_ids)
+    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs, p['max_asvs'],
+                              p['max_bp'], _inputs.distance_array(distance_matrix, sample_ids),
+                              targets)
+    cfg = AAMConfig(task='encoder', n_outputs=0 if targets is None else 1, max_bp=p['max_bp'],
+                    **{k: p[k] for k in ARCHITECTURE})
+    result = _run(AAM(cfg), data, settings, p['validation_size'], p['random_seed'])
+    return _saved(cfg, p, settings, result, sample_ids,
+                  extra={'alpha_diversity': alpha_diversity is not None})
+
+
+def _saved(cfg, p, settings, result, sample_ids, labels=None, extra=None):
+    config = checkpoint.make_config(
+        cfg, p['max_asvs'], p['max_bp'], labels=labels,
+        training=_training_record(p, settings, len(sample_ids), extra),
+        target_mean=result.target_mean, target_std=result.target_std,
+        extra={'best_epoch': result.best_epoch, 'epochs_run': result.epochs_run})
+    return SavedModel(config, result.state_dict, result.history, result.validation,
+                      result.tensorboard)
+
+
+def _architecture(p, pretrained):
+    """The fit's architecture: the pretrained encoder's, which explicit settings must match."""
+    if pretrained is None:
+        return {k: (DEFAULTS[k] if p.get(k) is None else p[k]) for k in ARCHITECTURE}, \
+            (DEFAULTS['max_bp'] if p.get('max_bp') is None else p['max_bp'])
+    if pretrained.task != 'encoder':
+        raise ValueError(f'The pretrained model is a {pretrained.task} model; start a fit '
+                         'from an encoder made by `qiime aam pretrain`.')
+    base = pretrained.config['model']
+    clashes = [f'{k}={p[k]} (encoder: {base[k]})' for k in ARCHITECTURE
+               if p.get(k) is not None and k != 'dropout' and p[k] != base[k]]
+    if clashes:
+        raise ValueError('These settings differ from the pretrained encoder\'s and cannot be '
+                         f'changed when starting from it: {", ".join(clashes)}. Leave them '
+                         'unset to use the encoder\'s.')
+    arch = {k: base[k] for k in ARCHITECTURE}
+    if p.get('dropout') is not None:
+        arch['dropout'] = p['dropout']
+    return arch, pretrained.config['max_bp']
+
+
+def fit(
+        table: biom.Table, sequences: pd.Series, metadata: qiime2.MetadataColumn,
+        pretrained: SavedModel = None, distance_matrix: skbio.DistanceMatrix = None,
+        freeze_encoder: bool = False, ignore_missing_samples: bool = False,
+        target_weight: float = D['target_weight'], regression_loss: str = D['regression_loss'],
+        max_bp: int = None, embedding_dim: int = None, attention_heads: int = None,
+        attention_layers: int = None, dropout: float = None,
+        epochs: int = D['epochs'], batch_size: int = D['batch_size'],
+        learning_rate: float = D['learning_rate'], weight_decay: float = D['weight_decay'],
+        optimizer: str = D['optimizer'], scheduler: str = D['scheduler'],
+        scheduler_params: str = D['scheduler_params'],
+        warmup_fraction: float = D['warmup_fraction'], patience: int = D['patience'],
+        max_grad_norm: float = D['max_grad_norm'], validation_size: float = D['validation_size'],
+        max_asvs: int = D['max_asvs'], nuc_mask_ratio: float = D['nuc_mask_ratio'],
+        unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = D['nuc_weight'],
+        random_seed: int = D['random_seed'], device: str = D['device'],
+        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir']) -> SavedModel:
+    p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    if freeze_encoder and pretrained is None:
+        raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
+                         'pretrained encoder was given. Pass --i-pretrained, or leave '
+                         'freeze_encoder off.')
+    arch, max_bp = _architecture(p, pretrained)
+    p.update(arch, max_bp=max_bp)
+    settings = _settings(p, freeze_encoder=freeze_encoder, target_weight=p['target_weight'],
+                         regression_loss=p['regression_loss'])
+    seed_everything(p['random_seed'])
+    counts, sample_ids, feature_ids = _inputs.table_parts(table)
+    seqs = _inputs.sequences_for(feature_ids, sequences)
+    keep, values = _inputs.target_values(metadata, sample_ids)
+    if distance_matrix is not None:
+        keep = _inputs.distances_for(keep, distance_matrix, ignore_missing_samples,
+                                     what='table with a metadata value')
+    counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
+    values = values.reindex(sample_ids)
+    classification = isinstance(metadata, qiime2.CategoricalMetadataColumn)
+    labels, stratify = None, None
+    if classification:
+        labels = _inputs.class_labels(values, metadata.name, p['validation_size'])
+        targets = values.astype(str).map({c: i for i, c in enumerate(labels)}).to_numpy()
+        stratify = targets
+    else:
+        targets = values.to_numpy(np.float64)
+    distances = (None if distance_matrix is None else
+                 _inputs.distance_array(distance_matrix, sample_ids))
+    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs, p['max_asvs'], max_bp,
+                              distances, targets)
+    cfg = AAMConfig(task='classification' if classification else 'regression',
+                    n_outputs=len(labels) if classification else 1, max_bp=max_bp, **arch)
+    model = AAM(cfg)
+    if pretrained is not None:
+        load_encoder_weights(model, pretrained.state_dict)
+    if distance_matrix is None:
+        settings.unifrac_weight = 0.0
+    result = _run(model, data, settings, p['validation_size'], p['random_seed'],
+                  stratify=stratify, class_names=labels)
+    return _saved(cfg, p, settings, result, sample_ids, labels=labels,
+                  extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
+                         'freeze_encoder': freeze_encoder})
+
+
+def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):
+    if model.task == 'encoder':
+        raise ValueError('This model is a pretrained encoder: it predicts no metadata. Fit '
+                         'a regressor or classifier from it with `qiime aam fit`, then '
+                         'predict with that.')
+    import torch
+    if _threads(threads):
+        torch.set_num_threads(_threads(threads))
+    counts, sample_ids, feature_ids = _inputs.table_parts(table)
+    seqs = _inputs.sequences_for(feature_ids, sequences)
+    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
+                              model.config['max_asvs'], model.config['max_bp'])
+    out = engine_predict(model.build_model(), data, batch_size=batch_size,
+                         device=resolve_device(device))
+    return pd.Index(data.sample_ids, name='id'), out['prediction']
+
+
+def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_size: int = 64,
+            device: str = 'auto', threads: int = 0) -> pd.Series:
+    index, raw = _predict_outputs(model, table, sequences, batch_size, device, threads)
+    if model.task == 'regression':
+        values = raw[:, 0] * model.config['target_std'] + model.config['target_mean']
+        return pd.Series(values.astype(np.float64), index=index, name='prediction')
+    labels = np.asarray(model.config['labels'], dtype=object)
+    return pd.Series(labels[raw.argmax(axis=1)], index=index, name='prediction')
+
+
+def predict_probabilities(model: SavedModel, table: biom.Table, sequences: pd.Series,
+                          batch_size: int = 64, device: str = 'auto',
+                          threads: int = 0) -> pd.DataFrame:
+    if model.task == 'regression':
+        raise ValueError('This model is a regressor: it has no class probabilities. Use '
+                         '`qiime aam predict` for its predictions.')
+    index, raw = _predict_outputs(model, table, sequences, batch_size, device, threads)
+    shifted = raw - raw.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return pd.DataFrame(probabilities.astype(np.float64), index=index,
+                        columns=list(model.config['labels']))

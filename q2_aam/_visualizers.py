@@ -1,0 +1,76 @@
+"""plot_validation: a model's best-epoch figures, loss curves and tables as a .qzv."""
+import html
+import importlib.resources
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import q2templates
+
+from .engine import metrics, plots
+from .engine.checkpoint import SavedModel
+
+TITLES = {'encoder': 'UniFrac distances of validation sample pairs',
+          'regression': 'Predicted against true values of the validation samples',
+          'classification': 'Confusion matrix of the validation samples'}
+
+
+def _figure(model: SavedModel):
+    """The best epoch's validation figure and its metrics, or (None, {}) without validation."""
+    table = model.validation
+    if table is None or len(table) == 0:
+        return None, {}
+    if model.task == 'classification':
+        labels = list(model.config['labels'])
+        lookup = {name: i for i, name in enumerate(labels)}
+        truth = table['truth'].astype(str).map(lookup).to_numpy(int)
+        predicted = table['prediction'].astype(str).map(lookup).to_numpy(int)
+        prob_columns = [f'prob:{name}' for name in labels]
+        probabilities = (table[prob_columns].to_numpy(float)
+                         if all(c in table for c in prob_columns) else np.eye(len(labels))[predicted])
+        m = metrics.classification_metrics(truth, probabilities, len(labels))
+        return plots.confusion_figure(truth, predicted, labels), m
+    truth, predicted = table['truth'].to_numpy(float), table['prediction'].to_numpy(float)
+    m = metrics.regression_metrics(truth, predicted)
+    if model.task == 'encoder' and not model.config['model']['n_outputs']:
+        return plots.unifrac_figure(truth, predicted), m
+    return plots.regression_figure(truth, predicted), m
+
+
+def plot_validation(output_dir: str, model: SavedModel) -> None:
+    figures = []
+    figure, scores = _figure(model)
+    if figure is not None:
+        plots.save_figure(figure, os.path.join(output_dir, 'validation'))
+        figures.append(('validation', TITLES[model.task]))
+    history = model.history
+    if len(history):
+        plots.save_figure(plots.loss_curves_figure(history), os.path.join(output_dir, 'losses'))
+        figures.append(('losses', 'Training and validation loss per epoch'))
+    model.validation.to_csv(os.path.join(output_dir, 'validation.tsv'), sep='\t')
+    history.to_csv(os.path.join(output_dir, 'history.tsv'), sep='\t', index=False)
+    config = model.config
+    summary = [('task', model.task), ('best epoch', config.get('best_epoch')),
+               ('epochs run', config.get('epochs_run')),
+               ('training samples', config.get('training', {}).get('samples')),
+               ('validation samples', len(model.validation))]
+    if config.get('training', {}).get('target_column'):
+        summary.append(('metadata column', config['training']['target_column']))
+    summary += [(name, f'{value:.4f}' if isinstance(value, float) else value)
+                for name, value in scores.items()]
+    last = history.tail(1).T.iloc[:, 0] if len(history) else pd.Series(dtype=float)
+    template = importlib.resources.files('q2_aam') / 'assets' / 'index.html'
+    with importlib.resources.as_file(template) as path:
+        local = os.path.join(output_dir, '_index_template.html')
+        shutil.copyfile(path, local)
+        q2templates.render(local, output_dir, context={
+            'title': f'q2-aam {model.task} model',
+            'summary': [(html.escape(str(k)), html.escape(str(v))) for k, v in summary],
+            'figures': figures,
+            'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)
+                           for k, v in last.items()],
+        })
+    # q2templates writes the rendered file under the template's own name
+    os.replace(os.path.join(output_dir, '_index_template.html'),
+               os.path.join(output_dir, 'index.html'))

@@ -1,0 +1,193 @@
+"""A trained model on disk: config.json + model.pt + history.tsv + validation.tsv + tensorboard/.
+
+``SavedModel`` is the one in-memory object the QIIME 2 artifact converts to and from.
+Loading never unpickles code: ``model.pt`` is read with ``torch.load(weights_only=True)``
+and must be a flat mapping of names to tensors that matches the config's architecture.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .model import AAM, AAMConfig
+from .tokens import VOCAB
+
+FORMAT_VERSION = 1
+FILES = ('config.json', 'model.pt', 'history.tsv', 'validation.tsv')
+TENSORBOARD_DIR = 'tensorboard'
+
+
+class ModelFileError(ValueError):
+    """A model folder that cannot be read back as a model; the message says why."""
+
+
+@dataclass
+class SavedModel:
+    """Everything a fitted model needs to predict, explain itself and be trained further.
+
+    ``config`` is the content of config.json: ``model`` (the AAMConfig as a dict),
+    ``task``, ``labels`` (classifier), ``target_mean``/``target_std`` (regressor),
+    ``max_asvs``, ``max_bp``, ``vocabulary``, ``training`` (the settings used) and
+    ``versions``.
+    """
+    config: dict
+    state_dict: dict
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({'epoch': []}))
+    validation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {'truth': [], 'prediction': []}, index=pd.Index([], name='sample-id')))
+    tensorboard: dict = field(default_factory=dict)   # relative path -> bytes
+
+    @property
+    def task(self):
+        return self.config['task']
+
+    @property
+    def model_config(self):
+        return AAMConfig.from_dict(self.config['model'])
+
+    def build_model(self):
+        """A torch model with these weights, in eval mode."""
+        model = AAM(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def make_config(model_config: AAMConfig, max_asvs, max_bp, training=None, labels=None,
+                target_mean=None, target_std=None, extra=None):
+    """The config.json content of a model; versions are filled in here."""
+    from .. import __version__
+    config = {
+        'format_version': FORMAT_VERSION,
+        'task': model_config.task,
+        'model': model_config.to_dict(),
+        'max_asvs': int(max_asvs),
+        'max_bp': int(max_bp),
+        'vocabulary': dict(VOCAB),
+        'labels': None if labels is None else [str(x) for x in labels],
+        'target_mean': target_mean,
+        'target_std': target_std,
+        'training': dict(training or {}),
+        'versions': {'q2-aam': __version__, 'torch': torch.__version__.split('+')[0]},
+    }
+    config.update(extra or {})
+    return config
+
+
+def save(saved: SavedModel, directory):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / 'config.json').write_text(json.dumps(saved.config, indent=2, sort_keys=True))
+    torch.save({k: v.detach().cpu().contiguous() for k, v in saved.state_dict.items()},
+               directory / 'model.pt')
+    saved.history.to_csv(directory / 'history.tsv', sep='\t', index=False)
+    validation = saved.validation.copy()
+    validation.index.name = 'sample-id'
+    validation.to_csv(directory / 'validation.tsv', sep='\t')
+    tb = directory / TENSORBOARD_DIR
+    tb.mkdir(exist_ok=True)
+    for relative, content in saved.tensorboard.items():
+        target = tb / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+
+def read_config(directory):
+    """config.json, checked: valid JSON, a known format version, a readable architecture."""
+    path = Path(directory) / 'config.json'
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f'config.json is not valid JSON ({e.msg} at line {e.lineno}); '
+                             'the model folder is damaged: train the model again.') from None
+    if not isinstance(config, dict):
+        raise ModelFileError('config.json must hold a JSON object.')
+    version = config.get('format_version')
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f'config.json has format_version {version!r}, but this q2-aam reads version '
+            f'{FORMAT_VERSION}. Use the q2-aam release that wrote this model, or train again.')
+    missing = [k for k in ('task', 'model', 'max_asvs', 'max_bp') if k not in config]
+    if missing:
+        raise ModelFileError(f'config.json lacks {", ".join(missing)}.')
+    try:
+        model_config = AAMConfig.from_dict(config['model'])
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f'config.json describes no valid model: {e}') from None
+    if model_config.task != config['task']:
+        raise ModelFileError(f"config.json says task {config['task']!r} but its model "
+                             f'settings say {model_config.task!r}.')
+    if config['task'] == 'classification' and len(config.get('labels') or []) != \
+            model_config.n_outputs:
+        raise ModelFileError('config.json: a classifier needs one label per output '
+                             f"({model_config.n_outputs}), found {config.get('labels')!r}.")
+    return config
+
+
+def read_state_dict(path):
+    """Tensors only: anything else in model.pt (pickled code or objects) is refused."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:   # weights_only raises UnpicklingError for any other object
+        raise ModelFileError(f'model.pt could not be read as plain weights ({type(e).__name__}: '
+                             f'{str(e).splitlines()[0] if str(e) else ""}). q2-aam loads only '
+                             'tensors and never runs code from a model file.') from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelFileError('model.pt must hold a mapping of parameter names to tensors.')
+    return state
+
+
+def check_weights(config, state):
+    """Refuse weights that do not fit the architecture config.json describes."""
+    expected = AAM(AAMConfig.from_dict(config['model'])).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, names in (('missing', missing), ('unexpected', unexpected),
+                             ('wrongly shaped', wrong)):
+            if names:
+                parts.append(f'{len(names)} {label} (e.g. {", ".join(names[:3])})')
+        raise ModelFileError('model.pt does not match the architecture in config.json: '
+                             + '; '.join(parts) + '. The model folder is inconsistent: '
+                             'train the model again.')
+
+
+def _read_tsv(path, index_col=None):
+    try:
+        return pd.read_csv(path, sep='\t', index_col=index_col)
+    except pd.errors.EmptyDataError:
+        raise ModelFileError(f'{Path(path).name} is empty; it needs at least a header line.') \
+            from None
+
+
+def validate(directory, check_weights_too=True):
+    """Raise ModelFileError naming the first problem of a model folder."""
+    directory = Path(directory)
+    missing = [name for name in FILES if not (directory / name).is_file()]
+    if missing:
+        raise ModelFileError(f'The model folder lacks {", ".join(missing)}; a q2-aam model '
+                             f'holds {", ".join(FILES)} and a {TENSORBOARD_DIR}/ folder.')
+    config = read_config(directory)
+    if check_weights_too:
+        check_weights(config, read_state_dict(directory / 'model.pt'))
+    return config
+
+
+def load(directory):
+    directory = Path(directory)
+    config = validate(directory, check_weights_too=False)
+    state = read_state_dict(directory / 'model.pt')
+    check_weights(config, state)
+    history = _read_tsv(directory / 'history.tsv')
+    validation = _read_tsv(directory / 'validation.tsv', index_col=0)
+    validation.index = validation.index.astype(str)
+    validation.index.name = 'sample-id'
+    tb = directory / TENSORBOARD_DIR
+    tensorboard = ({p.relative_to(tb).as_posix(): p.read_bytes()
+                    for p in sorted(tb.rglob('*')) if p.is_file()} if tb.is_dir() else {})
+    return SavedModel(config, state, history, validation, tensorboard)
+

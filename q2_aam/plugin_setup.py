@@ -1,0 +1,277 @@
+"""The q2-aam plugin: types, formats, transformers and actions.
+
+Parameters are declared once, grouped by meaning, and spread into each action, so
+that one setting has one type and one description everywhere (as q2-sample-classifier
+does).
+"""
+import importlib
+
+import qiime2.plugin
+from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, MetadataColumn,
+                           Numeric, Plugin, Range, Str, TypeMap)
+from q2_types.distance_matrix import DistanceMatrix
+from q2_types.feature_data import FeatureData, Sequence
+from q2_types.feature_table import FeatureTable, Frequency
+from q2_types.sample_data import AlphaDiversity, SampleData
+from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
+
+from . import __version__, _examples
+from ._actions import DEFAULTS, fit, predict, predict_probabilities, pretrain
+from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMWeightsFormat,
+                       TensorBoardEventsFormat)
+from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
+from ._visualizers import plot_validation
+from .engine.optim import OPTIMIZERS, SCHEDULERS
+
+# Newer QIIME 2 has a Threads type (an integer or 'auto'); 2022.11 does not.
+Threads = getattr(qiime2.plugin, 'Threads', Int % Range(0, None))
+
+citations = Citations.load('citations.bib', package='q2_aam')
+ENGINE_CITATIONS = [citations['cantrell_aam'], citations['vaswani2017attention'],
+                    citations['paszke2019pytorch']]
+
+plugin = Plugin(
+    name='aam',
+    version=__version__,
+    website='https://github.com/q2-aam/q2-aam',
+    package='q2_aam',
+    citations=[citations['bolyen2019qiime2']],
+    description=(
+        'AAM ("Attention All Microbes") is a transformer that reads the DNA sequence of every '
+        'ASV in a sample together with its abundance and summarises the sample as one vector. '
+        'Pretrain it on UniFrac distances without metadata, fit it to predict a metadata '
+        'column (regression or classification), and apply it to new samples, including '
+        'samples with ASVs it never saw.'),
+    short_description='Sequence-aware transformers that predict sample metadata.',
+)
+
+D = DEFAULTS
+P = {'positive_int': Int % Range(1, None), 'fraction': Float % Range(0.0, 1.0)}
+
+# -- parameters, grouped by meaning --------------------------------------------------
+training = {
+    'epochs': P['positive_int'],
+    'batch_size': Int % Range(2, None),
+    'learning_rate': Float % Range(0.0, None, inclusive_start=False),
+    'weight_decay': Float % Range(0.0, None),
+    'optimizer': Str % Choices(list(OPTIMIZERS)),
+    'scheduler': Str % Choices(list(SCHEDULERS)),
+    'scheduler_params': Str,
+    'warmup_fraction': Float % Range(0.0, 1.0, inclusive_end=True),
+    'patience': P['positive_int'],
+    'max_grad_norm': Float % Range(0.0, None),
+    'validation_size': Float % Range(0.0, 0.5, inclusive_end=True),
+    'nuc_mask_ratio': Float % Range(0.0, 0.5, inclusive_end=True),
+    'unifrac_weight': Float % Range(0.0, None),
+    'nuc_weight': Float % Range(0.0, None),
+    'random_seed': Int % Range(0, None),
+    'device': Str % Choices(['auto', 'cpu', 'cuda']),
+    'threads': Threads,
+    'tensorboard_dir': Str,
+    'max_asvs': P['positive_int'],
+}
+architecture = {
+    'max_bp': Int % Range(10, 1024),
+    'embedding_dim': Int % Range(8, 1024),
+    'attention_heads': P['positive_int'],
+    'attention_layers': P['positive_int'],
+    'dropout': Float % Range(0.0, 1.0),
+}
+fitting = {
+    'freeze_encoder': Bool,
+    'target_weight': Float % Range(0.0, None),
+    'regression_loss': Str % Choices(['mse', 'huber']),
+    'ignore_missing_samples': Bool,
+}
+prediction = {
+    'batch_size': P['positive_int'],
+    'device': training['device'],
+    'threads': Threads,
+}
+
+descriptions = {
+    'epochs': 'Most passes over the training samples. Training stops earlier when the '
+              'validation loss has not improved for `patience` epochs.',
+    'batch_size': 'Samples per training step. UniFrac pairs are formed within a batch, so '
+                  'it must be at least 2.',
+    'learning_rate': 'Peak learning rate of the optimizer.',
+    'weight_decay': 'Decoupled weight decay (regularisation) of weight matrices.',
+    'optimizer': 'Optimizer: adamw (recommended), adam, sgd (momentum 0.9) or lion '
+                 '(use a 3-10x smaller learning rate).',
+    'scheduler': 'Learning-rate schedule: warmup_cosine (linear warm-up, cosine decay), '
+                 'cosine, plateau (halve when validation stalls), onecycle, constant '
+                 '(warm-up, then flat) or polynomial.',
+    'scheduler_params': 'Extra schedule settings as a JSON object, e.g. '
+                        '\'{"min_lr_ratio": 0.1}\'. Unknown keys are refused by name.',
+    'warmup_fraction': 'Fraction of all training steps used to warm the learning rate up; '
+                       'never longer than the run.',
+    'patience': 'Epochs without improvement of the validation loss before training stops; '
+                'the best epoch\'s weights are kept.',
+    'max_grad_norm': 'Clip the gradient to this norm (0 = no clipping).',
+    'validation_size': 'Fraction of samples held out to choose the best epoch '
+                       '(stratified by class for classifiers; 0 = none, then the training '
+                       'loss decides).',
+    'nuc_mask_ratio': 'Fraction of bases hidden and predicted (masked-nucleotide loss).',
+    'unifrac_weight': 'Weight of the UniFrac loss (distances between sample vectors '
+                      'against the distance matrix).',
+    'nuc_weight': 'Weight of the masked-nucleotide loss (0 = off).',
+    'random_seed': 'Seed of the split, the initial weights, the batches and masking; the '
+                   'same seed on CPU gives the same model.',
+    'device': 'Where to compute: auto (a CUDA GPU if there is one), cpu or cuda.',
+    'threads': 'CPU threads for torch (0 = torch\'s default, all cores).',
+    'tensorboard_dir': 'Optional folder for live TensorBoard logs while training. The '
+                       'run\'s logs are always inside the model artifact too.',
+    'max_asvs': 'Keep each sample\'s most abundant ASVs, at most this many.',
+    'max_bp': 'Read at most this many bases of each sequence; longer ones are truncated '
+              'with a warning.',
+    'embedding_dim': 'Width of the model\'s vectors.',
+    'attention_heads': 'Attention heads per transformer layer (must divide embedding_dim).',
+    'attention_layers': 'Transformer layers in each of the ASV and the sample encoder.',
+    'dropout': 'Dropout rate while training.',
+    'freeze_encoder': 'Keep the pretrained encoder\'s weights fixed and train only the '
+                      'prediction head (faster; needs `pretrained`).',
+    'target_weight': 'Weight of the prediction loss.',
+    'regression_loss': 'Loss on the standardised target: mse, or huber (less sensitive to '
+                       'outliers).',
+    'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
+                              '(with a note) instead of stopping with an error.',
+}
+fit_architecture_descriptions = {
+    k: descriptions[k] + ' Default: the pretrained encoder\'s, else ' + str(D[k]) + '.'
+    for k in architecture}
+for k in ('embedding_dim', 'attention_heads', 'attention_layers', 'max_bp'):
+    fit_architecture_descriptions[k] += ' Cannot differ from a pretrained encoder\'s.'
+
+inputs_common = {'table': FeatureTable[Frequency], 'sequences': FeatureData[Sequence]}
+input_descriptions_common = {
+    'table': 'Feature table of raw read counts.',
+    'sequences': 'The DNA sequence of every feature in the table (e.g. DADA2 or Deblur '
+                 'representative sequences).',
+}
+model_description = ('The trained model with its configuration, training history, '
+                     'validation predictions and TensorBoard logs.')
+
+# -- actions -------------------------------------------------------------------------
+plugin.methods.register_function(
+    function=pretrain,
+    inputs={**inputs_common, 'distance_matrix': DistanceMatrix,
+            'alpha_diversity': SampleData[AlphaDiversity]},
+    parameters={**training, **architecture,
+                'ignore_missing_samples': fitting['ignore_missing_samples']},
+    outputs=[('model', AAMModel[AAMEncoder])],
+    input_descriptions={
+        **input_descriptions_common,
+        'distance_matrix': 'Distances between the samples (unweighted or weighted UniFrac, '
+                           'Bray-Curtis, ...): the model learns to reproduce them.',
+        'alpha_diversity': 'Optional per-sample alpha diversity (e.g. Faith PD) to predict '
+                           'as an extra pretraining target.'},
+    parameter_descriptions={k: descriptions[k] for k in
+                            {**training, **architecture, 'ignore_missing_samples': 0}},
+    output_descriptions={'model': 'A pretrained encoder. ' + model_description},
+    name='Pretrain an AAM encoder on sample distances',
+    description='Self-supervised pretraining: the distance between two samples\' vectors '
+                'learns to match their distance in the matrix, while masked bases of each '
+                'ASV are predicted. No metadata is needed. Use the result as `pretrained` '
+                'in `fit`.',
+    citations=ENGINE_CITATIONS + [citations['lozupone2005unifrac']],
+    examples={'pretrain': _examples.pretrain},
+)
+
+T_column, T_model = TypeMap({
+    MetadataColumn[Numeric]: AAMModel[AAMRegressor],
+    MetadataColumn[Categorical]: AAMModel[AAMClassifier],
+})
+
+plugin.methods.register_function(
+    function=fit,
+    inputs={**inputs_common, 'pretrained': AAMModel[AAMEncoder],
+            'distance_matrix': DistanceMatrix},
+    parameters={'metadata': T_column, **training, **architecture, **fitting},
+    outputs=[('model', T_model)],
+    input_descriptions={
+        **input_descriptions_common,
+        'pretrained': 'An encoder from `pretrain` to start from (recommended).',
+        'distance_matrix': 'Optional distances between samples: keeps the UniFrac loss on '
+                           'while fitting.'},
+    parameter_descriptions={
+        'metadata': 'The metadata column to predict: a numeric column gives a regressor, a '
+                    'categorical column a classifier. Samples without a value are left '
+                    'out with a note.',
+        **{k: descriptions[k] for k in training}, **fit_architecture_descriptions,
+        **{k: descriptions[k] for k in fitting}},
+    output_descriptions={'model': 'A fitted regressor or classifier. ' + model_description},
+    name='Fit an AAM regressor or classifier to a metadata column',
+    description='Trains the model to predict a metadata column from each sample\'s ASV '
+                'sequences and abundances, optionally starting from a pretrained encoder. '
+                'The weights of the epoch with the lowest validation loss are kept.',
+    citations=ENGINE_CITATIONS,
+    examples={'fit_classifier': _examples.fit},
+)
+
+T_fitted, T_predictions = TypeMap({
+    AAMModel[AAMRegressor]: SampleData[RegressorPredictions],
+    AAMModel[AAMClassifier]: SampleData[ClassifierPredictions],
+})
+prediction_descriptions = {
+    'batch_size': 'Samples per prediction step (more is faster and uses more memory).',
+    'device': descriptions['device'], 'threads': descriptions['threads']}
+
+plugin.methods.register_function(
+    function=predict,
+    inputs={'model': T_fitted, **inputs_common},
+    parameters=prediction,
+    outputs=[('predictions', T_predictions)],
+    input_descriptions={'model': 'A model from `fit`.', **input_descriptions_common},
+    parameter_descriptions=prediction_descriptions,
+    output_descriptions={'predictions': 'One prediction per sample (use `qiime '
+                                        'sample-classifier scatterplot` or '
+                                        '`confusion-matrix` to compare with the truth).'},
+    name='Predict a metadata column for new samples',
+    description='Applies a fitted model to a table. Samples may contain ASVs the model '
+                'never saw: it reads their sequences.',
+    citations=ENGINE_CITATIONS,
+    examples={'predict': _examples.predict},
+)
+
+plugin.methods.register_function(
+    function=predict_probabilities,
+    inputs={'model': AAMModel[AAMClassifier], **inputs_common},
+    parameters=prediction,
+    outputs=[('probabilities', SampleData[Probabilities])],
+    input_descriptions={'model': 'A classifier from `fit`.', **input_descriptions_common},
+    parameter_descriptions=prediction_descriptions,
+    output_descriptions={'probabilities': 'Each sample\'s probability of every class.'},
+    name='Predict class probabilities for new samples',
+    description='Applies a fitted classifier to a table and reports the probability of '
+                'every class (for ROC curves or `qiime metadata tabulate`).',
+    citations=ENGINE_CITATIONS,
+    examples={'predict_probabilities': _examples.predict_probabilities},
+)
+
+plugin.visualizers.register_function(
+    function=plot_validation,
+    inputs={'model': AAMModel[AAMEncoder | AAMRegressor | AAMClassifier]},
+    parameters={},
+    input_descriptions={'model': 'Any q2-aam model.'},
+    name='Plot a model\'s validation results and training curves',
+    description='Shows the best epoch\'s validation figure (predicted against true values '
+                'with a fit line, R² and 1:1 line; a confusion matrix with accuracy, '
+                'precision, recall and F1; or predicted against true UniFrac distances), the '
+                'training and validation loss per epoch, and the metrics, with '
+                'validation.tsv and history.tsv to download.',
+    citations=[],
+    examples={'plot_validation': _examples.plot_validation},
+)
+
+# -- types, formats, transformers -----------------------------------------------------
+plugin.register_semantic_types(AAMModel, AAMEncoder, AAMRegressor, AAMClassifier)
+plugin.register_formats(AAMConfigFormat, AAMWeightsFormat, AAMTableFormat,
+                        TensorBoardEventsFormat, AAMModelDirFmt)
+for _variant in (AAMEncoder, AAMRegressor, AAMClassifier):
+    if hasattr(plugin, 'register_artifact_class'):
+        plugin.register_artifact_class(AAMModel[_variant], directory_format=AAMModelDirFmt)
+    else:
+        plugin.register_semantic_type_to_format(AAMModel[_variant],
+                                                directory_format=AAMModelDirFmt)
+importlib.import_module('q2_aam._transformers')
+importlib.import_module('q2_aam._validators')
