@@ -1,0 +1,179 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from q2_aam.engine import checkpoint
+from q2_aam.engine.checkpoint import ModelFileError, SavedModel
+
+from engine_fixtures import tiny_config, tiny_model
+
+# set by the payloads below if unpickling ever ran their code
+SIDE_EFFECTS = []
+
+
+def _record(what):
+    SIDE_EFFECTS.append(what)
+    return what
+
+
+class Sneaky:
+    """Unpickling this calls _record: it must never happen."""
+
+    def __reduce__(self):
+        return (_record, ('unpickled Sneaky',))
+
+
+def _saved(task='classification', n_outputs=2, labels=('a', 'b')):
+    model = tiny_model(task, n_outputs)
+    config = checkpoint.make_config(tiny_config(task, n_outputs), max_asvs=64, max_bp=40,
+                                    training={'epochs': 3}, labels=labels)
+    history = pd.DataFrame({'epoch': [1, 2], 'train_total_loss': [2.0, 1.5]})
+    validation = pd.DataFrame({'truth': ['a', 'b'], 'prediction': ['a', 'a']},
+                              index=pd.Index(['s1', 's2'], name='sample-id'))
+    return SavedModel(config, model.state_dict(), history, validation,
+                      {'events.out.tfevents.1': b'\x00\x01bytes'})
+
+
+@pytest.fixture
+def saved_dir(tmp_path):
+    saved = _saved()
+    checkpoint.save(saved, tmp_path / 'model')
+    return saved, tmp_path / 'model'
+
+
+def test_round_trip(saved_dir):
+    saved, directory = saved_dir
+    assert sorted(p.name for p in directory.iterdir()) == \
+        ['config.json', 'history.tsv', 'model.pt', 'tensorboard', 'validation.tsv']
+    loaded = checkpoint.load(directory)
+    assert loaded.config == saved.config
+    assert loaded.config['labels'] == ['a', 'b']
+    assert loaded.config['versions']['torch'] == torch.__version__.split('+')[0]
+    assert loaded.state_dict.keys() == saved.state_dict.keys()
+    for name, value in saved.state_dict.items():
+        assert torch.equal(loaded.state_dict[name], value)
+    pd.testing.assert_frame_equal(loaded.history, saved.history)
+    pd.testing.assert_frame_equal(loaded.validation, saved.validation)
+    assert loaded.tensorboard == saved.tensorboard
+    model = loaded.build_model()
+    assert not model.training and loaded.task == 'classification'
+    assert loaded.model_config == tiny_config('classification', 2)
+    assert checkpoint.validate(directory)['task'] == 'classification'
+
+
+def test_regressor_keeps_target_scaling(tmp_path):
+    model = tiny_model('regression', 1)
+    config = checkpoint.make_config(tiny_config('regression', 1), 64, 40,
+                                    target_mean=12.5, target_std=2.0)
+    checkpoint.save(SavedModel(config, model.state_dict()), tmp_path)
+    loaded = checkpoint.load(tmp_path)
+    assert (loaded.config['target_mean'], loaded.config['target_std']) == (12.5, 2.0)
+
+
+@pytest.mark.parametrize('name', checkpoint.FILES)
+def test_missing_file(saved_dir, name):
+    _, directory = saved_dir
+    (directory / name).unlink()
+    with pytest.raises(ModelFileError, match=f'lacks {name}'):
+        checkpoint.validate(directory)
+
+
+def test_bad_json(saved_dir):
+    _, directory = saved_dir
+    (directory / 'config.json').write_text('{"task": "classification",')
+    with pytest.raises(ModelFileError, match='config.json is not valid JSON'):
+        checkpoint.validate(directory)
+
+
+def _edit_config(directory, **changes):
+    config = json.loads((directory / 'config.json').read_text())
+    config.update(changes)
+    (directory / 'config.json').write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize('version', [2, 0, None, '1'])
+def test_unknown_format_version(saved_dir, version):
+    _, directory = saved_dir
+    _edit_config(directory, format_version=version)
+    with pytest.raises(ModelFileError, match='format_version'):
+        checkpoint.validate(directory)
+
+
+def test_config_that_describes_no_model(saved_dir):
+    _, directory = saved_dir
+    _edit_config(directory, model={'embedding_dim': 15, 'attention_heads': 2})
+    with pytest.raises(ModelFileError, match='no valid model'):
+        checkpoint.validate(directory)
+    _edit_config(directory, model=tiny_config('regression', 1).to_dict())
+    with pytest.raises(ModelFileError, match="task 'classification'"):
+        checkpoint.validate(directory)
+
+
+def test_classifier_needs_its_labels(saved_dir):
+    _, directory = saved_dir
+    _edit_config(directory, labels=['a'])
+    with pytest.raises(ModelFileError, match='one label per output'):
+        checkpoint.validate(directory)
+
+
+def test_weights_that_do_not_match_config(saved_dir):
+    _, directory = saved_dir
+    wider = tiny_model('classification', 2, dim=32)
+    torch.save(wider.state_dict(), directory / 'model.pt')
+    with pytest.raises(ModelFileError, match='wrongly shaped'):
+        checkpoint.validate(directory)
+    with pytest.raises(ModelFileError, match='wrongly shaped'):
+        checkpoint.load(directory)
+    state = tiny_model('classification', 2).state_dict()
+    state.pop('nuc_head.weight')
+    state['extra.weight'] = torch.zeros(1)
+    torch.save(state, directory / 'model.pt')
+    with pytest.raises(ModelFileError, match=r'1 missing \(e.g. nuc_head.weight\); '
+                                             r'1 unexpected \(e.g. extra.weight\)'):
+        checkpoint.validate(directory)
+
+
+@pytest.mark.parametrize('payload, runs_code', [
+    (lambda state: Sneaky(), True),
+    (lambda state: {**state, 'nuc_head.weight': Sneaky()}, True),
+    (lambda state: _record, False),
+])
+def test_pickled_code_is_refused_and_never_run(saved_dir, payload, runs_code):
+    _, directory = saved_dir
+    state = tiny_model('classification', 2).state_dict()
+    torch.save(payload(state), directory / 'model.pt')
+    SIDE_EFFECTS.clear()
+    with pytest.raises(ModelFileError, match='never runs code from a model file'):
+        checkpoint.validate(directory)
+    with pytest.raises(ModelFileError, match='never runs code from a model file'):
+        checkpoint.load(directory)
+    assert SIDE_EFFECTS == []
+    # the payload is live: a plain unpickle would have run it
+    torch.load(directory / 'model.pt', weights_only=False)
+    assert SIDE_EFFECTS == (['unpickled Sneaky'] if runs_code else [])
+
+
+def test_non_tensor_values_are_refused(saved_dir):
+    _, directory = saved_dir
+    torch.save({'nuc_head.weight': 3}, directory / 'model.pt')
+    with pytest.raises(ModelFileError, match='mapping of parameter names to tensors'):
+        checkpoint.validate(directory)
+    torch.save([torch.zeros(2)], directory / 'model.pt')
+    with pytest.raises(ModelFileError, match='mapping of parameter names to tensors'):
+        checkpoint.validate(directory)
+
+
+def test_not_a_torch_file(saved_dir):
+    _, directory = saved_dir
+    (directory / 'model.pt').write_bytes(b'not a zip file at all')
+    with pytest.raises(ModelFileError, match='could not be read as plain weights'):
+        checkpoint.validate(directory)
+
+
+def test_empty_history_is_reported(saved_dir):
+    _, directory = saved_dir
+    (directory / 'history.tsv').write_text('')
+    with pytest.raises(ModelFileError, match='history.tsv is empty'):
+        checkpoint.load(directory)

@@ -1,0 +1,219 @@
+import numpy as np
+import pytest
+import torch
+
+from q2_aam.engine.losses import nuc_loss, target_loss, total_loss, unifrac_loss
+from q2_aam.engine.model import (AAM, AAMConfig, AttentionPool, count_parameters,
+                                 load_encoder_weights)
+from q2_aam.engine.tokens import MASK, START, mask_nucleotides
+
+from engine_fixtures import tiny_model, toy_data
+
+# three ASVs; sample 0 has all three, sample 1 none (all padding), sample 2 one
+TOKENS = torch.tensor([[START, 1, 2, 3, 0, 0],
+                       [START, 4, 4, 0, 0, 0],
+                       [START, 1, 1, 1, 2, 3]])
+INDEX = torch.tensor([[0, 1, 2], [-1, -1, -1], [2, -1, -1]])
+ABUNDANCE = torch.tensor([[0.5, 0.3, 0.2], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def _all_finite(out):
+    return all(bool(torch.isfinite(v).all()) for v in out.values())
+
+
+def _backward_everything(model, out, tokens, distances=None):
+    """A loss over every output, as training would use it."""
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, 1] = True
+    terms = {'nuc_loss': nuc_loss(out['nuc_logits'], tokens, mask),
+             'sample': out['sample'].pow(2).sum()}
+    if distances is not None:
+        terms['unifrac_loss'] = unifrac_loss(out['embedding'], distances)
+    if 'prediction' in out:
+        terms['target_loss'] = target_loss(out['prediction'],
+                                           torch.zeros(len(out['prediction'])), 'regression')
+    loss = total_loss(terms, {})
+    model.zero_grad()
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+@pytest.mark.parametrize('case', ['mixed', 'empty_only', 'one_asv_only', 'batch_of_one'])
+def test_finite_outputs_and_gradients(mode, case):
+    model = tiny_model('regression', 1)
+    getattr(model, mode)()
+    index, abundance = {
+        'mixed': (INDEX, ABUNDANCE),
+        'empty_only': (INDEX[1:2], ABUNDANCE[1:2]),
+        'one_asv_only': (INDEX[2:3, :1], ABUNDANCE[2:3, :1]),
+        'batch_of_one': (INDEX[:1], ABUNDANCE[:1]),
+    }[case]
+    distances = torch.rand(len(index), len(index))
+    out = model(TOKENS, index, abundance)
+    assert _all_finite(out)
+    loss = _backward_everything(model, out, TOKENS, distances)
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    with torch.no_grad():                              # the inference fast path too
+        assert _all_finite(model(TOKENS, index, abundance))
+
+
+def test_empty_sample_pools_to_zeros():
+    model = tiny_model().eval()
+    with torch.no_grad():
+        out = model(TOKENS, INDEX, ABUNDANCE)
+    assert torch.equal(out['sample'][1], torch.zeros(16))
+    assert out['sample'][0].abs().sum() > 0
+
+
+def test_all_padding_token_row_is_finite():
+    """Data never makes one (START is always first), but the encoder survives it."""
+    model = tiny_model().train()
+    tokens = TOKENS.clone()
+    tokens[1] = 0
+    vectors, hidden = model.asv_encoder(tokens)
+    assert torch.equal(vectors[1], torch.zeros(16))
+    (vectors.sum() + hidden.sum()).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+               if p.grad is not None)
+
+
+def test_attention_pool_ignores_invalid_positions():
+    pool = AttentionPool(4)
+    x = torch.randn(2, 3, 4)
+    valid = torch.tensor([[True, False, False], [False, False, False]])
+    out = pool(x, valid)
+    torch.testing.assert_close(out[0], x[0, 0])        # one valid position: weight 1
+    assert torch.equal(out[1], torch.zeros(4))
+
+
+def test_padded_slots_contribute_nothing():
+    model = tiny_model('regression', 1).eval()
+    with torch.no_grad():
+        reference = model(TOKENS, INDEX, ABUNDANCE)
+        index = INDEX.clone()
+        index[index < 0] = -7                           # another padding value
+        abundance = ABUNDANCE.clone()
+        abundance[INDEX < 0] = torch.tensor([0.9, 0.1, 0.4, 0.7, 0.2])
+        changed = model(TOKENS, index, abundance)
+        # more padding slots (a batch mate with more ASVs) change nothing either
+        wider = model(TOKENS, torch.cat([INDEX, torch.full((3, 4), -1)], 1),
+                      torch.cat([ABUNDANCE, torch.rand(3, 4)], 1))
+    for key in ('sample', 'embedding', 'prediction'):
+        torch.testing.assert_close(changed[key], reference[key], rtol=0, atol=0)
+        torch.testing.assert_close(wider[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_asv_order_carries_no_signal():
+    model = tiny_model('regression', 1).eval()
+    index = torch.tensor([[0, 1, 2], [1, 2, -1]])
+    abundance = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]])
+    perm = torch.tensor([[2, 0, 1], [1, 0, 2]])
+    with torch.no_grad():
+        a = model(TOKENS, index, abundance)
+        b = model(TOKENS, index.gather(1, perm), abundance.gather(1, perm))
+    assert not torch.equal(index.gather(1, perm), index)
+    torch.testing.assert_close(b['sample'], a['sample'], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b['prediction'], a['prediction'], rtol=1e-5, atol=1e-6)
+
+
+def test_abundance_is_an_input():
+    model = tiny_model().eval()
+    index = torch.tensor([[0, 1]])
+    with torch.no_grad():
+        a = model(TOKENS, index, torch.tensor([[0.9, 0.1]]))['sample']
+        b = model(TOKENS, index, torch.tensor([[0.1, 0.9]]))['sample']
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_sample_vector_does_not_depend_on_its_batch_mates():
+    data = toy_data(n_samples=6)
+    model = tiny_model().eval()
+    with torch.no_grad():
+        together = data.make_batch([0, 1, 2, 3])
+        alone = data.make_batch([2])
+        a = model(together.tokens, together.asv_index, together.abundance)['sample'][2]
+        b = model(alone.tokens, alone.asv_index, alone.abundance)['sample'][0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_distinct_asv_path_equals_per_slot_path():
+    data = toy_data(n_samples=5)
+    model = tiny_model('regression', 1).eval()
+    with torch.no_grad():
+        deduped = data.make_batch(range(5), dedupe=True)
+        naive = data.make_batch(range(5), dedupe=False)
+        assert deduped.tokens.shape[0] < naive.tokens.shape[0]
+        a = model(deduped.tokens, deduped.asv_index, deduped.abundance)
+        b = model(naive.tokens, naive.asv_index, naive.abundance)
+        # precomputed ASV vectors (prediction's path) give the same again
+        vectors, _ = model.asv_encoder(deduped.tokens)
+        c = model(None, deduped.asv_index, deduped.abundance, asv_vectors=vectors)
+    for key in ('sample', 'embedding', 'prediction'):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c[key], a[key], rtol=1e-5, atol=1e-6)
+    assert 'nuc_logits' not in c
+
+
+def test_output_shapes():
+    model = tiny_model('classification', 3)
+    out = model(TOKENS, INDEX, ABUNDANCE)
+    assert out['nuc_logits'].shape == (3, 6, 8)
+    assert out['sample'].shape == (3, 16)
+    assert out['embedding'].shape == (3, 16)
+    assert out['prediction'].shape == (3, 3)
+    assert 'prediction' not in tiny_model()(TOKENS, INDEX, ABUNDANCE)
+
+
+def test_nucleotide_head_can_see_masked_positions():
+    model = tiny_model().eval()
+    masked, mask = mask_nucleotides(TOKENS, 0.5, torch.Generator().manual_seed(0))
+    assert (masked[mask] == MASK).all()
+    with torch.no_grad():
+        logits = model(masked, INDEX, ABUNDANCE)['nuc_logits']
+    assert logits.shape[:2] == TOKENS.shape and torch.isfinite(logits).all()
+
+
+def test_config_checks_and_round_trip():
+    cfg = AAMConfig(task='classification', n_outputs=4, embedding_dim=32, attention_heads=4)
+    assert AAMConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match='task must be one of'):
+        AAMConfig(task='clustering')
+    with pytest.raises(ValueError, match='needs n_outputs >= 1'):
+        AAMConfig(task='regression', n_outputs=0)
+    with pytest.raises(ValueError, match='multiple of'):
+        AAMConfig(embedding_dim=30, attention_heads=4)
+    with pytest.raises(ValueError, match=r"Unknown model settings \['depth'\]"):
+        AAMConfig.from_dict({'depth': 3})
+
+
+def test_defaults_follow_public_aam():
+    cfg = AAMConfig()
+    assert (cfg.embedding_dim, cfg.attention_heads, cfg.attention_layers,
+            cfg.feedforward_mult, cfg.dropout, cfg.max_bp) == (128, 4, 4, 4, 0.1, 150)
+    layer = AAM(cfg).asv_encoder.transformer.layers[0]
+    assert layer.norm_first and layer.activation_relu_or_gelu == 2   # pre-LN, GELU
+
+
+def test_load_encoder_weights():
+    encoder = tiny_model('encoder', seed=1)
+    fitted = tiny_model('regression', 1, seed=2)
+    head_before = fitted.target_head[0].weight.clone()
+    load_encoder_weights(fitted, encoder.state_dict())
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(fitted.state_dict()[name], value)
+    assert torch.equal(fitted.target_head[0].weight, head_before)
+    wider = tiny_model('regression', 1, dim=32)
+    with pytest.raises(ValueError, match='does not match'):
+        load_encoder_weights(wider, encoder.state_dict())
+
+
+def test_encoder_parameters_exclude_the_head():
+    model = tiny_model('regression', 1)
+    shared = {id(p) for p in model.encoder_parameters()}
+    assert not any(id(p) in shared for p in model.target_head.parameters())
+    assert len(shared) + sum(1 for _ in model.target_head.parameters()) == \
+        sum(1 for _ in model.parameters())
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
