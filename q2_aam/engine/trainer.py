@@ -5,6 +5,7 @@ same loop can later run under ``torchrun`` (only rank 0 would write logs).
 """
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -165,15 +166,22 @@ class Trainer:
             return (targets.float() - self.mean) / self.std
         return targets
 
-    def _step_losses(self, batch, generator, frozen_vectors=None):
-        """Forward one batch; returns (loss terms, model outputs)."""
+    def _step_losses(self, batch, generator, frozen_vectors=None, clean=False):
+        """Forward one batch; returns (loss terms, model outputs).
+
+        ``clean`` (validation): the samples are read from unmasked sequences, as
+        predict() reads them; only the nucleotide loss reads the masked ones.
+        """
         tokens = batch.tokens
         mask = None
         if self.use_nuc:
             tokens, mask = mask_nucleotides(batch.tokens, self.s.nuc_mask_ratio, generator)
         vectors = None if frozen_vectors is None else frozen_vectors[batch.features]
         with torch.autocast(**self.autocast):
-            out = self.model(tokens, batch.asv_index, batch.abundance, asv_vectors=vectors)
+            out = self.model(batch.tokens if clean else tokens, batch.asv_index,
+                             batch.abundance, asv_vectors=vectors)
+            if clean and self.use_nuc:
+                out['nuc_logits'] = self.model.nuc_head(self.model.asv_encoder(tokens)[1])
         terms = {}
         if self.use_unifrac:
             terms['unifrac_loss'] = losses.unifrac_loss(out['embedding'], batch.distances)
@@ -245,8 +253,8 @@ class Trainer:
             if self.kind is not None:
                 truth.append(self.data.targets[batch.samples])
                 predicted.append(self._targets_out(out))
-            bar.update(len(rows))
             bar.set_postfix_str(self._postfix(running.means()), refresh=False)
+            bar.update(len(rows))
         record = {f'train_{k}': v for k, v in running.means().items()}
         if truth:
             record.update({f'train_{k}': v for k, v in self._target_metrics(
@@ -257,15 +265,19 @@ class Trainer:
 
     def _nonfinite(self, terms, batch):
         self.bad_steps += 1
-        shown = ', '.join(f'{k}={float(v):.4g}' for k, v in terms.items() if v is not None)
-        ids = ', '.join(self.data.sample_ids[batch.samples][:5])
-        message = (f'Skipped an optimizer step: the loss or its gradient is not finite '
-                   f'({shown}); batch samples {ids}.')
+        shown = ', '.join(f'{k}={v.item():.4g}' for k, v in terms.items() if v is not None)
+        bad = [k for k, v in terms.items() if v is not None and not torch.isfinite(v)]
+        what = (f"the {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite"
+                if bad else 'the gradient norm is not finite')
+        ids = ', '.join(self.data.sample_ids[batch.samples][:10]) + \
+            (', …' if len(batch.samples) > 10 else '')
+        message = (f'Skipped an optimizer step: {what} ({shown}); the batch\'s '
+                   f'{len(batch.samples)} samples: {ids}.')
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         if self.bad_steps >= MAX_NONFINITE_STEPS:
             raise FloatingPointError(
                 f'Training stopped: {self.bad_steps} steps in a row had a non-finite loss or '
-                f'gradient (last: {shown}; samples {ids}). Lower the learning rate, set '
+                f'gradient (last: {what}: {shown}; samples {ids}). Lower the learning rate, set '
                 'max_grad_norm (e.g. 1.0), or check the input for extreme values.')
 
     @torch.no_grad()
@@ -277,7 +289,7 @@ class Trainer:
         running, truth, predicted, embeddings = _Running(), [], [], []
         for rows in batch_indices(self.val_rows, self.s.batch_size):
             batch = self.data.make_batch(rows).to(self.device)
-            terms, out = self._step_losses(batch, generator, frozen)
+            terms, out = self._step_losses(batch, generator, frozen, clean=True)
             loss = losses.total_loss(terms, self.weights)
             running.add('total_loss', None if loss is None else loss.item())
             for name, value in terms.items():
@@ -317,6 +329,8 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------
     def run(self, class_names=None, resume_from=None):
         s = self.s
+        if class_names is None and self.kind == 'classification':
+            class_names = [str(c) for c in range(self.model.cfg.n_outputs)]
         self.class_names = class_names
         self.bad_steps = 0
         tb_dir = s.tensorboard_dir or tempfile.mkdtemp(prefix='q2-aam-tensorboard-')
@@ -326,6 +340,8 @@ class Trainer:
                  'history': [], 'best_state': None, 'validation': None}
         if resume_from is not None:
             state = self._load_resume(resume_from)
+        else:               # dropout draws from torch's global RNG: same seed, same run
+            torch.manual_seed(s.random_seed)
         started = time.perf_counter()
         seen = 0
         for epoch in range(state['epoch'] + 1, s.epochs + 1):
@@ -371,11 +387,14 @@ class Trainer:
         if validation is None:
             validation = pd.DataFrame(columns=['truth', 'prediction'],
                                       index=pd.Index([], name='sample-id'))
+        tensorboard = _read_tree(tb_dir)
+        if not s.tensorboard_dir:          # our own temporary folder: the bytes are kept
+            shutil.rmtree(tb_dir, ignore_errors=True)
         return TrainResult(
             state_dict=state['best_state'], history=pd.DataFrame(state['history']),
             validation=validation, best_epoch=state['best_epoch'], epochs_run=state['epoch'],
             target_mean=self.mean, target_std=self.std,
-            tensorboard=_read_tree(tb_dir), train_seconds=elapsed,
+            tensorboard=tensorboard, train_seconds=elapsed,
             train_samples_per_second=seen / elapsed if elapsed > 0 else float('nan'))
 
     def _log(self, writer, epoch, record, improved, table):

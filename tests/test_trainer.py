@@ -1,0 +1,434 @@
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from q2_aam.engine import trainer as trainer_module
+from q2_aam.engine.data import split_samples
+from q2_aam.engine.trainer import (MAX_NONFINITE_STEPS, TrainSettings, Trainer, _fmt,
+                                   encode_all_asvs, predict, resolve_device, train)
+
+from engine_fixtures import tiny_model, toy_data
+
+TRAIN, VAL = split_samples(10, 0.3, seed=0)
+
+
+def settings(**changes):
+    base = dict(epochs=2, batch_size=4, learning_rate=1e-3, quiet=True,
+                histogram_frequency=0, warmup_fraction=0.0)
+    base.update(changes)
+    return TrainSettings(**base)
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def regression_run(seed=0, **changes):
+    data = toy_data(targets='regression', distances=False)
+    model = tiny_model('regression', 1, seed=seed)
+    result = train(model, data, TRAIN, VAL, settings(**changes))
+    return model, data, result
+
+
+# -- what a run records --------------------------------------------------------------
+
+def test_pretraining_records_its_losses():
+    data = toy_data()
+    result = train(tiny_model(), data, TRAIN, VAL, settings())
+    h = result.history
+    assert list(h['epoch']) == [1, 2]
+    for split in ('train', 'val'):
+        for term in ('total_loss', 'unifrac_loss', 'nuc_loss'):
+            assert np.isfinite(h[f'{split}_{term}']).all()
+    assert 'train_target_loss' not in h
+    assert (h['grad_norm'] > 0).all()
+    assert h['learning_rate'].iloc[0] > h['learning_rate'].iloc[1] >= 0     # cosine decay
+    # the validation table of a pretraining run: one row per validation pair
+    assert len(result.validation) == len(VAL) * (len(VAL) - 1) // 2
+    assert result.train_samples_per_second > 0
+    assert result.tensorboard and all(isinstance(v, bytes) for v in result.tensorboard.values())
+
+
+def test_regression_standardises_with_training_statistics():
+    model, data, result = regression_run()
+    y = data.targets[TRAIN]
+    assert result.target_mean == pytest.approx(y.mean())
+    assert result.target_std == pytest.approx(y.std())
+    for split in ('train', 'val'):
+        for name in ('total_loss', 'target_loss', 'nuc_loss', 'r2', 'mae'):
+            assert f'{split}_{name}' in result.history
+    table = result.validation
+    assert list(table.index) == list(data.sample_ids[VAL])
+    np.testing.assert_allclose(table['truth'], data.targets[VAL])
+    # the table's predictions are on the user's scale: predict() + unstandardise agrees
+    model.load_state_dict(result.state_dict)
+    raw = predict(model, data, rows=VAL)['prediction'][:, 0]
+    np.testing.assert_allclose(table['prediction'], raw * result.target_std + result.target_mean,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_classification_with_class_weights_and_names():
+    data = toy_data(targets='classification')
+    s = settings(class_weights=[1.0, 3.0])
+    result = train(tiny_model('classification', 2), data, TRAIN, VAL, s,
+                   class_names=['healthy', 'sick'])
+    assert {'train_accuracy', 'train_f1', 'val_accuracy', 'val_f1'} <= set(result.history)
+    table = result.validation
+    assert set(table['truth']) <= {'healthy', 'sick'}
+    np.testing.assert_allclose(table['prob:healthy'] + table['prob:sick'], 1.0, rtol=1e-5)
+    # without names the classes are called by their index
+    result = train(tiny_model('classification', 2), data, TRAIN, VAL, settings(epochs=1))
+    assert set(result.validation['truth']) <= {'0', '1'}
+
+
+def test_model_with_target_needs_targets():
+    with pytest.raises(ValueError, match='no targets'):
+        Trainer(tiny_model('regression', 1), toy_data(), TRAIN, VAL, settings())
+
+
+# -- non-finite losses ---------------------------------------------------------------
+
+def _nan_distances(data, samples):
+    data.distances[samples, :] = np.nan
+    data.distances[:, samples] = np.nan
+    return data
+
+
+def test_nonfinite_loss_skips_the_step_and_names_term_and_samples():
+    data = _nan_distances(toy_data(), [3])
+    model = tiny_model()
+    rows = np.array([0, 1, 2, 3, 4, 5])
+    with pytest.warns(RuntimeWarning) as caught:
+        result = train(model, data, rows, [], settings(epochs=1, batch_size=2))
+    messages = [str(w.message) for w in caught if 'Skipped' in str(w.message)]
+    assert len(messages) == 1                       # the one batch that holds S3
+    assert 'unifrac_loss is not finite' in messages[0]
+    assert 'nuc_loss' in messages[0] and 'S3' in messages[0]
+    assert re.search(r"batch's 2 samples: S\d, S\d", messages[0])
+    assert np.isfinite(result.history['train_total_loss']).all()   # two good steps counted
+
+
+def test_skipped_steps_leave_weights_alone_and_five_in_a_row_stop_training():
+    data = _nan_distances(toy_data(), list(range(10)))
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # two batches per epoch, two epochs: four bad steps in a row, not yet fatal
+    with pytest.warns(RuntimeWarning, match='unifrac_loss is not finite'):
+        train(model, data, np.arange(8), [], settings(epochs=2, batch_size=4))
+    assert same_state(model.state_dict(), before)
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(FloatingPointError,
+                           match=f'{MAX_NONFINITE_STEPS} steps in a row.*unifrac_loss.*'
+                                 'Lower the learning rate'):
+            train(model, data, np.arange(8), [], settings(epochs=3, batch_size=4))
+
+
+# -- early stopping, best state, checkpoints, resume -------------------------------------
+
+def test_early_stopping_with_patience(capsys):
+    # lr 0: validation never improves after the first epoch
+    s = settings(epochs=20, patience=2, learning_rate=0.0, quiet=False)
+    result = train(tiny_model(), toy_data(), TRAIN, VAL, s)
+    assert result.epochs_run == 3 and result.best_epoch == 1
+    assert len(result.history) == 3
+    assert 'Early stop: validation loss has not improved for 2 epochs; keeping epoch 1' in \
+        capsys.readouterr().err
+
+
+def test_single_best_state_is_returned_and_checkpointed(tmp_path):
+    data = toy_data(targets='regression')
+    model = tiny_model('regression', 1)
+    states, files = {}, []
+
+    def remember(epoch, record):
+        states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        files.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    s = settings(epochs=6, learning_rate=3e-2, checkpoint_dir=str(tmp_path))
+    result = train(model, data, TRAIN, VAL, s, on_epoch_end=remember)
+    val = result.history['val_total_loss'].to_numpy()
+    assert result.best_epoch == int(np.argmin(val)) + 1
+    assert not same_state(states[result.best_epoch], states[6]) or result.best_epoch == 6
+    assert same_state(result.state_dict, states[result.best_epoch])
+    assert all(f == ['best_model.pt', 'last_checkpoint.pt'] for f in files)
+    best = torch.load(tmp_path / 'best_model.pt', weights_only=True)
+    assert same_state(best, result.state_dict)
+    # the validation table is the best epoch's
+    model.load_state_dict(result.state_dict)
+    raw = predict(model, data, rows=VAL)['prediction'][:, 0]
+    np.testing.assert_allclose(result.validation['prediction'],
+                               raw * result.target_std + result.target_mean, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_without_validation_the_training_loss_decides():
+    result = train(tiny_model(), toy_data(), np.arange(10), [], settings(epochs=3))
+    assert 'val_total_loss' not in result.history
+    assert result.best_epoch == int(np.argmin(result.history['train_total_loss'])) + 1
+    assert result.validation.empty
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_gives_bit_identical_weights(tmp_path):
+    data = toy_data(targets='regression')
+    s = dict(epochs=4, learning_rate=1e-2)
+    whole_model = tiny_model('regression', 1)
+    whole = train(whole_model, data, TRAIN, VAL, settings(**s, checkpoint_dir=str(tmp_path / 'a')))
+
+    def stop_after_two(epoch, record):
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(tiny_model('regression', 1), data, TRAIN, VAL,
+              settings(**s, checkpoint_dir=str(tmp_path / 'b')), on_epoch_end=stop_after_two)
+    torch.rand(13)                                    # the process moved on in between
+    resumed_model = tiny_model('regression', 1, seed=99)   # different start: overwritten
+    resumed = train(resumed_model, data, TRAIN, VAL,
+                    settings(**s, checkpoint_dir=str(tmp_path / 'b')),
+                    resume_from=tmp_path / 'b' / 'last_checkpoint.pt')
+    assert resumed.epochs_run == 4
+    assert same_state(resumed_model.state_dict(), whole_model.state_dict())
+    assert same_state(resumed.state_dict, whole.state_dict)
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.history.equals(whole.history)
+    assert resumed.validation.equals(whole.validation)
+
+
+def test_same_seed_same_weights_different_seed_different_weights():
+    calls = []
+
+    def run(seed):
+        model = tiny_model(seed=0)                    # same initial weights
+        calls.append(seed)
+        torch.rand(len(calls))                        # whatever else the process drew
+        train(model, toy_data(), TRAIN, VAL, settings(random_seed=seed, learning_rate=1e-2))
+        return model.state_dict()
+
+    assert same_state(run(1), run(1))
+    assert not same_state(run(1), run(2))
+
+
+# -- clipping and freezing -------------------------------------------------------------
+
+def _record_step_norms(trainer):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group['params']
+                 if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))
+
+    trainer.optimizer.register_step_pre_hook(record)
+    return norms
+
+
+@pytest.mark.parametrize('max_grad_norm', [None, 0.01])
+def test_gradient_clipping_and_logged_norm(max_grad_norm):
+    data = toy_data()
+    trainer = Trainer(tiny_model(), data, np.arange(10), [],
+                      settings(epochs=1, batch_size=5, max_grad_norm=max_grad_norm))
+    norms = _record_step_norms(trainer)
+    result = trainer.run()
+    assert len(norms) == 2
+    logged = result.history['grad_norm'].iloc[0]
+    assert logged > 0.01                               # the norm before clipping is logged
+    if max_grad_norm is None:
+        assert logged == pytest.approx(np.mean(norms), rel=1e-4)
+    else:
+        assert max(norms) <= max_grad_norm * (1 + 1e-4)
+
+
+def test_freeze_encoder_trains_only_the_head():
+    data = toy_data(targets='regression')
+    model = tiny_model('regression', 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, data, TRAIN, VAL, settings(freeze_encoder=True, learning_rate=1e-2))
+    after = model.state_dict()
+    for name in before:
+        if name.startswith('target_head.'):
+            continue
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after['target_head.0.weight'], before['target_head.0.weight'])
+    assert {c for c in result.history if 'loss' in c} == \
+        {'train_total_loss', 'train_target_loss', 'val_total_loss', 'val_target_loss'}
+
+
+def test_freeze_encoder_needs_a_head():
+    with pytest.raises(ValueError, match='freeze_encoder leaves nothing to train'):
+        Trainer(tiny_model(), toy_data(), TRAIN, VAL, settings(freeze_encoder=True))
+
+
+# -- TensorBoard -------------------------------------------------------------------
+
+def _events(directory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(directory), size_guidance={'scalars': 0, 'histograms': 0,
+                                                          'images': 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_scalars_overlay_train_and_val(tmp_path):
+    model, data, result = regression_run(epochs=3, tensorboard_dir=str(tmp_path),
+                                         learning_rate=1e-2)
+    acc = _events(tmp_path)
+    tags = acc.Tags()
+    scalars = set(tags['scalars'])
+    metrics = {'total_loss', 'target_loss', 'nuc_loss', 'r2', 'mae'}
+    assert {t.split('/', 1)[1] for t in scalars if t.startswith('val/')} == metrics
+    assert {t.split('/', 1)[1] for t in scalars if t.startswith('train/')} == \
+        metrics | {'learning_rate', 'grad_norm'}
+    history = result.history
+    for tag in ('train/total_loss', 'val/r2', 'train/grad_norm', 'train/learning_rate'):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        column = {'train/learning_rate': 'learning_rate',
+                  'train/grad_norm': 'grad_norm'}.get(tag, tag.replace('/', '_'))
+        np.testing.assert_allclose([e.value for e in events], history[column], rtol=1e-5)
+    assert tags['histograms'] == []                   # histogram_frequency=0: off
+    # the validation figure, once per improvement
+    improved = np.sum(np.diff(np.minimum.accumulate(
+        np.concatenate([[np.inf], history['val_total_loss']]))) < 0)
+    assert len(acc.Images('val/figure')) == improved >= 1
+    # the run's event files come back with the result too
+    assert set(result.tensorboard) == {p.name for p in tmp_path.iterdir()}
+
+
+def test_pretraining_tensorboard_tags(tmp_path):
+    train(tiny_model(), toy_data(), TRAIN, VAL, settings(tensorboard_dir=str(tmp_path)))
+    scalars = set(_events(tmp_path).Tags()['scalars'])
+    for name in ('total_loss', 'unifrac_loss', 'nuc_loss'):
+        assert f'train/{name}' in scalars and f'val/{name}' in scalars
+    assert not any(t.endswith(('/r2', '/accuracy', '/target_loss')) for t in scalars)
+
+
+def test_histograms_only_when_asked_and_only_for_parameters_with_gradient(tmp_path):
+    model, data, result = regression_run(epochs=2, histogram_frequency=1, freeze_encoder=True,
+                                         tensorboard_dir=str(tmp_path))
+    histograms = _events(tmp_path).Tags()['histograms']
+    heads = {n for n, _ in model.target_head.named_parameters()}
+    assert set(histograms) == {f'{kind}/target_head.{n}' for kind in ('weights', 'gradients')
+                               for n in heads}
+    assert [e.step for e in _events(tmp_path).Histograms('weights/target_head.0.weight')] == \
+        [1, 2]
+
+
+def test_histogram_frequency(tmp_path):
+    train(tiny_model(), toy_data(), TRAIN, VAL,
+          settings(epochs=2, histogram_frequency=2, tensorboard_dir=str(tmp_path)))
+    acc = _events(tmp_path)
+    histograms = acc.Tags()['histograms']
+    assert 'weights/asv_encoder.token.weight' in histograms
+    assert 'gradients/nuc_head.weight' in histograms
+    assert [e.step for e in acc.Histograms('weights/nuc_head.weight')] == [2]
+
+
+# -- progress output ---------------------------------------------------------------
+
+class EagerTqdm(trainer_module.tqdm):
+    """Redraws on every update, so tiny test runs show their postfix."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs['mininterval'] = 0
+        super().__init__(*args, **kwargs)
+
+
+def test_progress_bar_shows_present_losses_and_lr(capsys, monkeypatch):
+    monkeypatch.setattr(trainer_module, 'tqdm', EagerTqdm)
+    train(tiny_model(), toy_data(), TRAIN, VAL, settings(quiet=False))
+    err = capsys.readouterr().err
+    assert 'Epoch 1/2' in err and 'Epoch 2/2' in err
+    assert re.search(r'Total=\d+\.\d{4} UniFrac=\d+\.\d{4} Nuc=\d+\.\d{4} LR=\d\.\d\de-\d\d',
+                     err)
+    assert 'Target=' not in err and 'Step' not in err
+    assert re.search(r'epoch 1/2 .*train_total_loss=.*val_total_loss=', err)
+
+
+def test_progress_bar_of_a_frozen_fit(capsys, monkeypatch):
+    monkeypatch.setattr(trainer_module, 'tqdm', EagerTqdm)
+    regression_run(quiet=False, freeze_encoder=True, epochs=1)
+    err = capsys.readouterr().err
+    assert re.search(r'Total=\d+\.\d{4} Target=\d+\.\d{4} LR=', err)
+    assert 'UniFrac=' not in err and 'Nuc=' not in err and 'Step' not in err
+
+
+def test_quiet_prints_nothing(capfd, monkeypatch):
+    monkeypatch.setattr(trainer_module, 'tqdm', EagerTqdm)
+    train(tiny_model(), toy_data(), TRAIN, VAL, settings(quiet=True))
+    out, err = capfd.readouterr()
+    assert out == '' and err == ''
+
+
+def test_loss_format():
+    assert _fmt(0.123456) == '0.1235'
+    assert _fmt(12.0) == '12.0000'
+    assert _fmt(1e-4) == '0.0001'
+    assert _fmt(5.4321e-5) == '0.000054'
+    assert _fmt(0.0) == '0.000000'
+
+
+# -- devices ------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="device 'cuda' was asked for, but torch sees no CUDA"):
+        Trainer(tiny_model(), toy_data(), TRAIN, VAL, settings(device='cuda'))
+    with pytest.raises(ValueError, match='no CUDA GPU'):
+        predict(tiny_model(), toy_data(), device='cuda')
+    assert resolve_device('auto') == torch.device('cpu')
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        resolve_device('tpu')
+
+
+# -- prediction ---------------------------------------------------------------------
+
+def _count_encoded_rows(model):
+    rows = []
+    model.asv_encoder.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0]))
+    return rows
+
+
+def test_predict_encodes_each_distinct_asv_once():
+    data = toy_data(n_samples=9, targets='regression')
+    model = tiny_model('regression', 1)
+    encoded = _count_encoded_rows(model)
+    deduped = predict(model, data, batch_size=4, dedupe_table=True)
+    n_distinct = len(data.used_features(range(9)))
+    assert sum(len(t) for t in encoded) == n_distinct
+    assert len(torch.unique(torch.cat([t for t in encoded]), dim=0)) == n_distinct
+    encoded.clear()
+    per_batch = predict(model, data, batch_size=4, dedupe_table=False)
+    assert sum(len(t) for t in encoded) > n_distinct
+    for key in ('embedding', 'prediction'):
+        assert deduped[key].shape == per_batch[key].shape
+        np.testing.assert_allclose(deduped[key], per_batch[key], rtol=1e-4, atol=1e-5)
+    assert deduped['embedding'].shape == (9, 16) and deduped['prediction'].shape == (9, 1)
+
+
+def test_predict_rows_and_no_head():
+    data = toy_data(n_samples=6)
+    model = tiny_model()
+    everything = predict(model, data)
+    some = predict(model, data, rows=[4, 1], batch_size=1)
+    assert set(everything) == {'embedding'}
+    np.testing.assert_allclose(some['embedding'], everything['embedding'][[4, 1]], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_encode_all_asvs_leaves_unused_rows_zero():
+    data = toy_data(n_samples=4)
+    model = tiny_model().train()
+    vectors = encode_all_asvs(model, data, torch.device('cpu'), rows=[0])
+    used = data.used_features([0])
+    assert model.training                              # the mode is restored
+    assert (vectors[used].abs().sum(1) > 0).all()
+    unused = np.setdiff1d(np.arange(len(data.feature_ids)), used)
+    assert (vectors[unused] == 0).all()
