@@ -177,16 +177,18 @@ plugin.methods.register_function(
     examples={'pretrain': _examples.pretrain},
 )
 
+# The type variable sits inside MetadataColumn[...] (not around it) so that q2cli still
+# recognises a metadata column and offers --m-metadata-file/--m-metadata-column.
 T_column, T_model = TypeMap({
-    MetadataColumn[Numeric]: AAMModel[AAMRegressor],
-    MetadataColumn[Categorical]: AAMModel[AAMClassifier],
+    Numeric: AAMModel[AAMRegressor],
+    Categorical: AAMModel[AAMClassifier],
 })
 
 plugin.methods.register_function(
     function=fit,
     inputs={**inputs_common, 'pretrained': AAMModel[AAMEncoder],
             'distance_matrix': DistanceMatrix},
-    parameters={'metadata': T_column, **training, **architecture, **fitting},
+    parameters={'metadata': MetadataColumn[T_column], **training, **architecture, **fitting},
     outputs=[('model', T_model)],
     input_descriptions={
         **input_descriptions_common,
