@@ -1,0 +1,239 @@
+"""The model artifact: SavedModel <-> .qza round trip, export, and the checks that
+refuse damaged or mistyped model folders with a clear message."""
+import json
+import pickle
+import shutil
+
+import pandas as pd
+import pytest
+import qiime2
+import torch
+from qiime2.plugin import ValidationError
+
+from q2_aam._formats import AAMModelDirFmt
+from q2_aam.engine import checkpoint
+from q2_aam.engine.checkpoint import ModelFileError, SavedModel
+
+from plugin_fixtures import classifier, encoder, model_folder, regressor, state_equal
+
+
+@pytest.fixture(scope='module')
+def regressor_folder(tmp_path_factory):
+    """A pristine exported regressor folder; tests copy it before damaging it."""
+    return model_folder(regressor(), tmp_path_factory.mktemp('models') / 'regressor')
+
+
+@pytest.fixture
+def folder(regressor_folder, tmp_path):
+    copy = tmp_path / 'model'
+    shutil.copytree(regressor_folder, copy)
+    return copy
+
+
+def _edit_config(folder, edit):
+    config = json.loads((folder / 'config.json').read_text())
+    edit(config)
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+def _validate(folder):
+    AAMModelDirFmt(str(folder), mode='r').validate()
+
+
+# -- round trip ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('make, semantic_type', [
+    (encoder, 'AAMModel[AAMEncoder]'),
+    (regressor, 'AAMModel[AAMRegressor]'),
+    (classifier, 'AAMModel[AAMClassifier]'),
+])
+def test_round_trip_keeps_weights_and_config(make, semantic_type, tmp_path):
+    original = make().view(SavedModel)
+    artifact = qiime2.Artifact.import_data(semantic_type, original)
+    path = str(tmp_path / 'model.qza')
+    artifact.save(path)
+    loaded = qiime2.Artifact.load(path)
+    assert str(loaded.type) == semantic_type
+    back = loaded.view(SavedModel)
+    assert state_equal(back.state_dict, original.state_dict)    # torch.equal, every tensor
+    assert back.config == original.config
+    assert back.task == original.task
+    pd.testing.assert_frame_equal(back.history, original.history)
+    pd.testing.assert_frame_equal(back.validation, original.validation)
+    assert back.tensorboard == original.tensorboard
+    assert len(back.tensorboard) >= 1
+
+
+def test_saved_model_config_contents():
+    config = classifier().view(SavedModel).config
+    assert config['format_version'] == checkpoint.FORMAT_VERSION
+    assert config['task'] == 'classification'
+    assert config['labels'] == ['gut', 'left palm', 'right palm', 'tongue']
+    assert config['model']['n_outputs'] == 4
+    assert config['model']['embedding_dim'] == 16
+    assert config['max_asvs'] == 32
+    assert set(config['versions']) == {'q2-aam', 'torch'}
+    assert config['vocabulary']['START'] == 5
+    reg = regressor().view(SavedModel).config
+    assert reg['task'] == 'regression'
+    assert reg['target_std'] > 0 and reg['target_mean'] is not None
+    assert reg['labels'] is None
+
+
+def test_export_gives_a_tensorboard_folder(regressor_folder):
+    assert sorted(p.name for p in regressor_folder.iterdir()) == [
+        'config.json', 'history.tsv', 'model.pt', 'tensorboard', 'validation.tsv']
+    events = list((regressor_folder / 'tensorboard').rglob('events.out.tfevents.*'))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(regressor_folder / 'tensorboard'))
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()['scalars'])
+    # train/ and val/ share metric names so that TensorBoard overlays them
+    assert {'train/total_loss', 'val/total_loss', 'train/target_loss', 'val/target_loss',
+            'train/learning_rate'} <= scalars
+    history = pd.read_csv(regressor_folder / 'history.tsv', sep='\t')
+    assert list(history['epoch']) == [1]
+    validation = pd.read_csv(regressor_folder / 'validation.tsv', sep='\t', index_col=0)
+    assert list(validation.columns[:2]) == ['truth', 'prediction']
+    assert validation.index.name == 'sample-id'
+
+
+def test_pristine_folder_validates_and_imports(folder):
+    _validate(folder)
+    artifact = qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(folder))
+    assert state_equal(artifact.view(SavedModel).state_dict,
+                       regressor().view(SavedModel).state_dict)
+
+
+def test_folder_without_tensorboard_logs_is_still_a_model(folder):
+    shutil.rmtree(folder / 'tensorboard')
+    _validate(folder)
+    assert checkpoint.load(folder).tensorboard == {}
+
+
+# -- damaged folders -----------------------------------------------------------------
+
+def test_missing_file(folder):
+    (folder / 'history.tsv').unlink()
+    with pytest.raises(ValidationError, match='history.tsv'):
+        _validate(folder)
+    with pytest.raises(ModelFileError, match=r'lacks history\.tsv'):
+        checkpoint.load(folder)
+
+
+def test_missing_weights(folder):
+    (folder / 'model.pt').unlink()
+    with pytest.raises(ValidationError, match='model.pt'):
+        _validate(folder)
+
+
+def test_bad_json(folder):
+    (folder / 'config.json').write_text('{"task": "regression", ')
+    with pytest.raises(ValidationError, match='config.json is not valid JSON'):
+        _validate(folder)
+    with pytest.raises(ModelFileError, match='not valid JSON'):
+        checkpoint.load(folder)
+
+
+def test_config_that_is_not_an_object(folder):
+    (folder / 'config.json').write_text('[1, 2, 3]')
+    with pytest.raises(ValidationError, match='must hold a JSON object'):
+        _validate(folder)
+
+
+def test_unknown_format_version(folder):
+    _edit_config(folder, lambda c: c.update(format_version=99))
+    with pytest.raises(ValidationError, match=r'format_version 99.*reads version 1'):
+        _validate(folder)
+
+
+def test_config_task_must_match_the_type(folder):
+    with pytest.raises(ValidationError) as raised:
+        qiime2.Artifact.import_data('AAMModel[AAMClassifier]', str(folder))
+    message = str(raised.value)
+    assert 'AAMModel[AAMClassifier]' in message
+    assert "'regression'" in message and "'classification'" in message
+    with pytest.raises(ValidationError, match="holds a 'regression' model, not 'encoder'"):
+        qiime2.Artifact.import_data('AAMModel[AAMEncoder]', str(folder))
+
+
+def test_loaded_artifact_is_validated_against_its_type():
+    saved = encoder().view(SavedModel)
+    with pytest.raises(ValidationError, match="holds a 'encoder' model"):
+        qiime2.Artifact.import_data('AAMModel[AAMRegressor]', saved)
+
+
+def test_weights_that_do_not_match_the_config(folder):
+    _edit_config(folder, lambda c: c['model'].update(embedding_dim=32))
+    with pytest.raises(ValidationError,
+                       match='model.pt does not match the architecture in config.json'):
+        _validate(folder)
+    with pytest.raises(ValidationError, match='wrongly shaped'):
+        qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(folder))
+    with pytest.raises(ModelFileError, match='wrongly shaped'):
+        checkpoint.load(folder)
+
+
+def test_weights_with_missing_tensors(folder):
+    state = torch.load(folder / 'model.pt', weights_only=True)
+    state.pop('target_head.0.weight')
+    torch.save(state, folder / 'model.pt')
+    with pytest.raises(ValidationError, match=r'1 missing \(e\.g\. target_head\.0\.weight\)'):
+        _validate(folder)
+
+
+def test_weights_file_that_is_not_torch(folder):
+    (folder / 'model.pt').write_bytes(b'not a zip archive at all')
+    with pytest.raises(ValidationError, match='not a torch weights file'):
+        _validate(folder)
+
+
+class _WritesMarker:
+    """Unpickling this runs open(marker, 'w'): a stand-in for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_model_file_with_pickled_code_is_refused_without_running_it(folder, tmp_path):
+    # the payload really runs code when unpickled the unsafe way...
+    proof = tmp_path / 'proof-that-the-payload-works'
+    torch.save({'x': torch.zeros(1), 'evil': _WritesMarker(proof)}, tmp_path / 'probe.pt')
+    torch.load(tmp_path / 'probe.pt', weights_only=False)
+    assert proof.exists()
+
+    # ...but a model folder holding it is refused, and the code never runs
+    marker = tmp_path / 'marker-written-by-unpickling'
+    state = torch.load(folder / 'model.pt', weights_only=True)
+    state['evil'] = _WritesMarker(marker)
+    torch.save(state, folder / 'model.pt')
+    with pytest.raises(ValidationError, match='never runs code from a model file'):
+        _validate(folder)
+    with pytest.raises(ValidationError, match='could not be read as plain weights'):
+        qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(folder))
+    with pytest.raises(ModelFileError, match='could not be read as plain weights'):
+        checkpoint.load(folder)
+    assert not marker.exists()
+
+
+def test_model_file_with_a_plain_pickle_is_refused(folder, tmp_path):
+    marker = tmp_path / 'marker'
+    with open(folder / 'model.pt', 'wb') as fh:
+        pickle.dump({'w': _WritesMarker(marker)}, fh)
+    with pytest.raises(ValidationError):
+        _validate(folder)
+    with pytest.raises(ModelFileError):
+        checkpoint.load(folder)
+    assert not marker.exists()
+
+
+def test_model_file_with_non_tensor_values_is_refused(folder):
+    state = torch.load(folder / 'model.pt', weights_only=True)
+    state['note'] = 'a string, not a tensor'
+    torch.save(state, folder / 'model.pt')
+    with pytest.raises(ValidationError, match='mapping of parameter names to tensors'):
+        _validate(folder)
