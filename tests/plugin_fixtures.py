@@ -62,7 +62,7 @@ def days():
 
 
 @functools.lru_cache(maxsize=None)
-def test_ids():
+def held_out_ids():
     """The bundled held-out samples (7 of 34)."""
     return [line.strip() for line in (DATA / 'test-ids.body-site.txt').read_text().splitlines()
             if line.strip() and line.strip() != 'sample-id']
@@ -89,7 +89,7 @@ def split():
     """(train table, train sequences, test table, test sequences): the training half is
     filtered to its own features, so the test half has ASVs the models never saw."""
     t = biom_table()
-    held_out = set(test_ids())
+    held_out = set(held_out_ids())
     train = t.filter(lambda v, i, m: i not in held_out, axis='sample', inplace=False)
     train = train.remove_empty(axis='observation', inplace=False)
     test = t.filter(lambda v, i, m: i in held_out, axis='sample', inplace=False)

@@ -1,0 +1,302 @@
+"""pretrain / fit / predict / predict_probabilities / plot_validation through the
+QIIME 2 Python API (qiime2.plugins.aam), with tiny models shared across the session."""
+import numpy as np
+import pandas as pd
+import pytest
+import qiime2
+import torch
+
+from q2_aam.engine.checkpoint import SavedModel
+
+from plugin_fixtures import (TINY, TINY_TRAIN, SHARED_DATA, action_yaml, biom_table,
+                             body_site, classifier, days, distances, encoder, metadata,
+                             observed_features, regressor, regressor_predictions, rep_seqs,
+                             sequences_series, split, state_equal, table, held_out_ids)
+
+from qiime2.plugins.aam.methods import fit, predict, predict_probabilities, pretrain
+from qiime2.plugins.aam.visualizers import plot_validation
+
+LABELS = ['gut', 'left palm', 'right palm', 'tongue']
+
+
+def _encoder_part(state):
+    return {k: v for k, v in state.items() if not k.startswith('target_head.')}
+
+
+@pytest.fixture(scope='module')
+def classifier_predictions():
+    _, _, test_table, test_seqs = split()
+    return predict(model=classifier(), table=test_table, sequences=test_seqs).predictions
+
+
+@pytest.fixture(scope='module')
+def classifier_probabilities():
+    _, _, test_table, test_seqs = split()
+    return predict_probabilities(model=classifier(), table=test_table,
+                                 sequences=test_seqs).probabilities
+
+
+# -- what each action returns --------------------------------------------------------
+
+def test_pretrain_gives_an_encoder():
+    model = encoder()
+    assert str(model.type) == 'AAMModel[AAMEncoder]'
+    saved = model.view(SavedModel)
+    assert saved.task == 'encoder'
+    assert saved.config['model']['n_outputs'] == 0
+    assert saved.config['training']['samples'] == 34
+    assert saved.config['training']['alpha_diversity'] is False
+    history = saved.history
+    assert {'train_unifrac_loss', 'train_nuc_loss', 'val_unifrac_loss'} <= set(history)
+    assert 'train_target_loss' not in history
+
+
+def test_fit_numeric_column_gives_a_regressor():
+    model = regressor()
+    assert str(model.type) == 'AAMModel[AAMRegressor]'
+    saved = model.view(SavedModel)
+    assert saved.task == 'regression'
+    assert saved.config['training']['target_column'] == 'days-since-experiment-start'
+    assert saved.config['training']['pretrained'] is False
+    assert saved.config['training']['samples'] == 34 - len(held_out_ids())
+    assert 'train_target_loss' in saved.history
+
+
+def test_fit_categorical_column_gives_a_classifier():
+    model = classifier()
+    assert str(model.type) == 'AAMModel[AAMClassifier]'
+    saved = model.view(SavedModel)
+    assert saved.task == 'classification'
+    assert saved.config['labels'] == LABELS
+    assert saved.config['training']['target_column'] == 'body-site'
+    assert saved.config['training']['pretrained'] is True
+    # the architecture was taken from the encoder
+    assert saved.config['model']['embedding_dim'] == \
+        encoder().view(SavedModel).config['model']['embedding_dim']
+
+
+def test_fit_with_frozen_encoder_keeps_the_pretrained_weights():
+    train_table, train_seqs, _, _ = split()
+    model, = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
+                 pretrained=encoder(), freeze_encoder=True, **TINY_TRAIN)
+    pretrained = encoder().view(SavedModel).state_dict
+    fitted = model.view(SavedModel).state_dict
+    assert state_equal(_encoder_part(fitted), _encoder_part(pretrained))
+    assert model.view(SavedModel).config['training']['freeze_encoder'] is True
+    # the head did train: it differs from a fresh head with the same seed
+    fresh = classifier().view(SavedModel).state_dict
+    assert any(not torch.equal(fitted[k], fresh[k]) for k in fitted
+               if k.startswith('target_head.'))
+
+
+def test_fit_from_an_encoder_starts_from_its_weights():
+    """With a vanishing learning rate the unfrozen encoder barely moves from the
+    pretrained weights, while a fit from scratch starts elsewhere."""
+    train_table, train_seqs, _, _ = split()
+    model, = fit(table=train_table, sequences=train_seqs, metadata=days(),
+                 pretrained=encoder(), **{**TINY_TRAIN, 'learning_rate': 1e-12})
+    pretrained = _encoder_part(encoder().view(SavedModel).state_dict)
+    fitted = _encoder_part(model.view(SavedModel).state_dict)
+    assert set(fitted) == set(pretrained)
+    assert all(torch.allclose(fitted[k], pretrained[k], atol=1e-6) for k in pretrained)
+    scratch = _encoder_part(regressor().view(SavedModel).state_dict)
+    assert not all(torch.allclose(scratch[k], pretrained[k], atol=1e-3) for k in pretrained)
+
+
+def test_predict_classifier(classifier_predictions):
+    assert str(classifier_predictions.type) == 'SampleData[ClassifierPredictions]'
+    series = classifier_predictions.view(pd.Series)
+    _, _, test_table, _ = split()
+    assert sorted(series.index) == sorted(test_table.view(pd.DataFrame).index)
+    assert len(series) == len(held_out_ids()) == 7
+    assert set(series) <= set(LABELS)
+
+
+def test_predict_regressor():
+    predictions = regressor_predictions()
+    assert str(predictions.type) == 'SampleData[RegressorPredictions]'
+    series = predictions.view(pd.Series)
+    assert sorted(series.index) == sorted(held_out_ids())
+    assert series.dtype.kind == 'f'
+    assert np.isfinite(series.to_numpy()).all()
+    # back on the days scale (mean of training days +/- a few std), not standardised
+    config = regressor().view(SavedModel).config
+    assert abs(series.mean() - config['target_mean']) < 3 * config['target_std']
+
+
+def test_predict_probabilities(classifier_probabilities, classifier_predictions):
+    assert str(classifier_probabilities.type) == 'SampleData[Probabilities]'
+    frame = classifier_probabilities.view(pd.DataFrame)
+    assert list(frame.columns) == LABELS
+    assert sorted(frame.index) == sorted(held_out_ids())
+    np.testing.assert_allclose(frame.sum(axis=1), 1.0, atol=1e-6)
+    assert ((frame >= 0) & (frame <= 1)).all().all()
+    # the predicted class is the most probable one
+    predicted = classifier_predictions.view(pd.Series)
+    assert (frame.idxmax(axis=1).reindex(predicted.index) == predicted).all()
+
+
+def test_predict_on_asvs_the_model_never_saw():
+    train_table, train_seqs, test_table, test_seqs = split()
+    seen = set(train_seqs.view(pd.Series).index)
+    test_features = set(test_table.view(pd.DataFrame).columns)
+    unseen = test_features - seen
+    assert len(unseen) > 10                              # the premise of the test
+    assert not unseen & set(train_table.view(pd.DataFrame).columns)
+    for model in (regressor(), classifier()):
+        series = predict(model=model, table=test_table, sequences=test_seqs).predictions \
+            .view(pd.Series)
+        assert len(series) == len(held_out_ids())
+    # a table with only ASVs that none of the training samples had
+    only_unseen = biom_table().filter(sorted(unseen), axis='observation', inplace=False)
+    only_unseen = only_unseen.filter(list(held_out_ids()), axis='sample', inplace=False)
+    only_unseen.remove_empty(axis='sample')
+    series = predict(model=regressor(), table=qiime2.Artifact.import_data(
+        'FeatureTable[Frequency]', only_unseen), sequences=test_seqs).predictions \
+        .view(pd.Series)
+    assert len(series) == only_unseen.shape[1] > 0
+    assert np.isfinite(series.to_numpy()).all()
+
+
+def test_predict_on_another_study(tmp_path):
+    """A moving-pictures model applied to mouse samples of another study: every ASV is new."""
+    folder = SHARED_DATA / 'sleep-apnea-10422'
+    if not (folder / 'table.qza').exists():
+        pytest.skip(f'{folder} is not on this machine')
+    other_table = qiime2.Artifact.load(str(folder / 'table.qza'))
+    other_seqs = qiime2.Artifact.load(str(folder / 'rep-seqs.qza'))
+    assert not set(other_seqs.view(pd.Series).index) & set(sequences_series().index)
+    series = predict(model=classifier(), table=other_table, sequences=other_seqs) \
+        .predictions.view(pd.Series)
+    assert len(series) == other_table.view(pd.DataFrame).shape[0]
+    assert set(series) <= set(LABELS)
+
+
+def test_predict_needs_no_metadata_and_covers_the_whole_table():
+    series = predict(model=classifier(), table=table(), sequences=rep_seqs()) \
+        .predictions.view(pd.Series)
+    assert sorted(series.index) == sorted(table().view(pd.DataFrame).index)
+
+
+# -- pretraining extras, left-out samples, provenance, determinism --------------------
+
+def test_alpha_diversity_adds_a_pretraining_target():
+    alpha = qiime2.Artifact.import_data('SampleData[AlphaDiversity]', observed_features())
+    model, = pretrain(table=table(), sequences=rep_seqs(), distance_matrix=distances(),
+                      alpha_diversity=alpha, **TINY)
+    saved = model.view(SavedModel)
+    assert saved.task == 'encoder'
+    assert saved.config['model']['n_outputs'] == 1
+    assert saved.config['training']['alpha_diversity'] is True
+    assert saved.config['target_mean'] > 0
+    assert {'train_target_loss', 'val_target_loss', 'train_unifrac_loss'} <= set(saved.history)
+    assert any(k.startswith('target_head.') for k in saved.state_dict)
+    # the alpha head is not carried into a fit: a 4-class head replaces it
+    train_table, train_seqs, _, _ = split()
+    fitted, = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
+                  pretrained=model, **TINY_TRAIN)
+    assert fitted.view(SavedModel).state_dict['target_head.3.weight'].shape[0] == 4
+
+
+def test_samples_without_a_value_are_left_out_with_a_note(capsys):
+    train_table, train_seqs, _, _ = split()
+    values = days().to_series().copy()
+    train_ids = list(train_table.view(pd.DataFrame).index)
+    blank = sorted(train_ids)[:3]
+    values[blank] = np.nan
+    column = qiime2.NumericMetadataColumn(values.rename('days'))
+    capsys.readouterr()
+    model, = fit(table=train_table, sequences=train_seqs, metadata=column, **TINY)
+    out = capsys.readouterr().out
+    assert (f'left out 3 of {len(train_ids)} samples that have no value in metadata column '
+            "'days'") in out
+    for sample in blank:
+        assert repr(sample) in out
+    saved = model.view(SavedModel)
+    assert saved.config['training']['samples'] == len(train_ids) - 3
+    assert not set(blank) & set(saved.validation.index)
+
+
+def test_provenance_records_every_parameter_and_the_seed(tmp_path):
+    path = str(tmp_path / 'regressor.qza')
+    regressor().save(path)
+    text = action_yaml(path)
+    assert 'action: fit' in text
+    for name in qiime2.sdk.PluginManager().plugins['aam'].actions['fit'].signature.parameters:
+        assert f'-   {name}:' in text, name
+    assert '-   random_seed: 1' in text
+    assert '-   epochs: 1' in text
+    training = regressor().view(SavedModel).config['training']
+    assert training['random_seed'] == 1
+    assert training['epochs'] == 1 and training['max_asvs'] == 32
+
+
+def test_same_seed_same_model_and_predictions(tmp_path):
+    """Refit the shared regressor with identical settings: bit-identical weights and
+    predictions. The live TensorBoard folder is written where asked, and changes nothing."""
+    train_table, train_seqs, test_table, test_seqs = split()
+    live = tmp_path / 'live-logs'
+    again, = fit(table=train_table, sequences=train_seqs, metadata=days(),
+                 **{**TINY, 'tensorboard_dir': str(live)})
+    assert state_equal(again.view(SavedModel).state_dict, regressor().view(SavedModel).state_dict)
+    first = regressor_predictions().view(pd.Series)
+    second = predict(model=again, table=test_table, sequences=test_seqs).predictions \
+        .view(pd.Series)
+    pd.testing.assert_series_equal(first, second)
+    assert list(live.rglob('events.out.tfevents.*'))
+    # another seed gives another model
+    other, = fit(table=train_table, sequences=train_seqs, metadata=days(),
+                 **{**TINY, 'random_seed': 2})
+    assert not state_equal(other.view(SavedModel).state_dict,
+                           regressor().view(SavedModel).state_dict)
+
+
+# -- plot_validation and q2-sample-classifier's visualizers --------------------------
+
+@pytest.mark.parametrize('make, title, metrics, column', [
+    (encoder, 'encoder', ['r2', 'mae', 'rmse'], None),
+    (regressor, 'regression', ['r2', 'mae', 'rmse'], 'days-since-experiment-start'),
+    (classifier, 'classification', ['accuracy', 'precision', 'recall', 'f1', 'auroc'],
+     'body-site'),
+])
+def test_plot_validation(make, title, metrics, column, tmp_path):
+    visualization, = plot_validation(model=make())
+    assert str(visualization.type) == 'Visualization'
+    out = tmp_path / 'viz'
+    visualization.export_data(str(out))
+    for name in ('index.html', 'validation.png', 'validation.svg', 'losses.png',
+                 'losses.svg', 'validation.tsv', 'history.tsv'):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    html = (out / 'index.html').read_text()
+    assert f'q2-aam {title} model' in html
+    assert 'best epoch' in html
+    for metric in metrics:
+        assert f'<th>{metric}</th>' in html, metric
+    if column:
+        assert f'<tr><th>metadata column</th><td>{column}</td></tr>' in html
+    assert 'Training and validation loss per epoch' in html
+    assert '<img src="validation.png"' in html and '<img src="losses.png"' in html
+    history = pd.read_csv(out / 'history.tsv', sep='\t')
+    assert list(history['epoch']) == [1]
+    validation = pd.read_csv(out / 'validation.tsv', sep='\t', index_col=0)
+    assert len(validation) > 0
+    assert (out / 'validation.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sample_classifier_confusion_matrix_accepts_predictions(
+        classifier_predictions, classifier_probabilities, tmp_path):
+    from qiime2.plugins.sample_classifier.visualizers import confusion_matrix
+    truth = metadata().filter_ids(held_out_ids()).get_column('body-site')
+    visualization, = confusion_matrix(predictions=classifier_predictions,
+                                      probabilities=classifier_probabilities, truth=truth)
+    visualization.export_data(str(tmp_path / 'cm'))
+    assert (tmp_path / 'cm' / 'index.html').is_file()
+    assert (tmp_path / 'cm' / 'predictive_accuracy.tsv').is_file()
+
+
+def test_sample_classifier_scatterplot_accepts_predictions(tmp_path):
+    from qiime2.plugins.sample_classifier.visualizers import scatterplot
+    truth = metadata().filter_ids(held_out_ids()).get_column('days-since-experiment-start')
+    visualization, = scatterplot(predictions=regressor_predictions(), truth=truth)
+    visualization.export_data(str(tmp_path / 'sc'))
+    assert (tmp_path / 'sc' / 'index.html').is_file()
