@@ -28,7 +28,7 @@ else
 PY := $(VENV)/bin/python
 endif
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench install clean
 
 ifeq ($(MODE),conda)
 setup:
@@ -84,6 +84,10 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# conda-build (recipe/meta.yaml): install into the build environment, no dependencies.
+install:
+	$(PYTHON) -m pip install --no-deps --no-build-isolation .
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-output bench-output

@@ -82,7 +82,12 @@ def loss_curves_figure(history):
                         label='validation' if split == 'val' else 'training')
         ax.set_title(term.replace('_', ' '))
         ax.set_xlabel('epoch')
-        ax.set_yscale('log' if (history.filter(like=term).min().min() > 0) else 'linear')
+        values = history.filter(like=term).to_numpy(float)
+        values = values[np.isfinite(values)]
+        # log only when the curve spans more than a decade; otherwise ticks get unreadable
+        if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+            ax.set_yscale('log')
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize='small')
     fig.tight_layout()
     return fig
