@@ -1,0 +1,147 @@
+"""q2cli: `qiime aam ...` as a user types it, in a subprocess.
+
+q2cli caches every plugin's signature and refreshes that cache only when a package
+*version* changes, so a stale cache would test yesterday's signatures. These tests give
+q2cli a private, empty config folder (XDG_CONFIG_HOME), so its first call builds a
+fresh cache from the code as it is now; the user's own cache is never touched.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import qiime2
+
+from plugin_fixtures import DATA, TINY_CLI, TINY_TRAIN_CLI, held_out_ids, split
+
+QIIME = Path(sys.executable).parent / 'qiime'
+pytestmark = pytest.mark.skipif(not QIIME.exists(), reason=f'{QIIME} is not installed')
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    environment = dict(os.environ)
+    environment.pop('CONDA_PREFIX', None)      # else q2cli keeps its cache in the env
+    environment['XDG_CONFIG_HOME'] = str(tmp_path_factory.mktemp('q2cli-config'))
+    environment['OMP_NUM_THREADS'] = '1'       # 2 shared cores: one torch thread is fastest
+    environment['TMPDIR'] = str(tmp_path_factory.mktemp('q2cli-tmp'))
+    return environment
+
+
+@pytest.fixture(scope='module')
+def qiime(env):
+    def run(*args, cwd=None, check=True):
+        result = subprocess.run([str(QIIME), *map(str, args)], cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=600)
+        if check and result.returncode != 0:
+            pytest.fail(f'qiime {" ".join(map(str, args))} exited {result.returncode}:\n'
+                        f'{result.stdout}\n{result.stderr}')
+        return result
+    return run
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """The bundled data, plus the training / held-out halves as files."""
+    folder = tmp_path_factory.mktemp('cli')
+    train_table, train_seqs, test_table, test_seqs = split()
+    train_table.save(str(folder / 'train-table.qza'))
+    train_seqs.save(str(folder / 'train-seqs.qza'))
+    test_table.save(str(folder / 'test-table.qza'))
+    test_seqs.save(str(folder / 'test-seqs.qza'))
+    return folder
+
+
+def test_info_lists_aam(qiime):
+    out = qiime('info').stdout
+    assert 'aam: ' in out
+
+
+def test_aam_help_lists_the_actions(qiime):
+    out = qiime('aam', '--help').stdout
+    for command in ('pretrain', 'fit', 'predict', 'predict-probabilities', 'plot-validation'):
+        assert f'  {command} ' in out, command
+    assert 'Sequence-aware transformers' in out or 'AAM' in out
+
+
+def test_fit_help(qiime):
+    out = qiime('aam', 'fit', '--help').stdout
+    for option in ('--i-table', '--i-sequences', '--i-pretrained', '--i-distance-matrix',
+                   '--m-metadata-file', '--m-metadata-column', '--p-freeze-encoder',
+                   '--p-scheduler-params', '--p-device', '--p-random-seed', '--o-model',
+                   '--example-data'):
+        assert option in out, option
+    # the metadata column is a real column option, not free text
+    assert '--p-metadata ' not in out
+    assert 'MetadataColumn[Numeric' in out and 'Categorical' in out
+
+
+def test_pretrain_fit_predict_plot(qiime, workspace):
+    cwd = workspace
+    result = qiime('aam', 'pretrain', '--i-table', DATA / 'table.qza',
+                   '--i-sequences', DATA / 'rep-seqs.qza',
+                   '--i-distance-matrix', DATA / 'unweighted-unifrac.qza',
+                   *TINY_CLI, '--o-model', 'encoder.qza', '--verbose', cwd=cwd)
+    assert 'q2-aam: training on 27 samples, validating on 7' in result.stdout
+    assert 'Saved AAMModel[AAMEncoder] to: encoder.qza' in result.stdout
+    assert 'epoch 1/1' in result.stdout + result.stderr         # the per-epoch summary
+
+    result = qiime('aam', 'fit', '--i-table', 'train-table.qza', '--i-sequences',
+                   'train-seqs.qza', '--m-metadata-file', DATA / 'metadata.tsv',
+                   '--m-metadata-column', 'body-site', '--i-pretrained', 'encoder.qza',
+                   *TINY_TRAIN_CLI, '--o-model', 'classifier.qza', cwd=cwd)
+    assert 'Saved AAMModel[AAMClassifier] to: classifier.qza' in result.stdout
+
+    result = qiime('aam', 'fit', '--i-table', 'train-table.qza', '--i-sequences',
+                   'train-seqs.qza', '--m-metadata-file', DATA / 'metadata.tsv',
+                   '--m-metadata-column', 'days-since-experiment-start',
+                   '--i-pretrained', 'encoder.qza', '--p-freeze-encoder',
+                   *TINY_TRAIN_CLI, '--o-model', 'regressor.qza', cwd=cwd)
+    assert 'Saved AAMModel[AAMRegressor] to: regressor.qza' in result.stdout
+
+    result = qiime('aam', 'predict', '--i-model', 'classifier.qza', '--i-table',
+                   'test-table.qza', '--i-sequences', 'test-seqs.qza', '--p-device', 'cpu',
+                   '--o-predictions', 'predictions.qza', cwd=cwd)
+    assert 'Saved SampleData[ClassifierPredictions] to: predictions.qza' in result.stdout
+    predictions = qiime2.Artifact.load(str(cwd / 'predictions.qza'))
+    series = predictions.view(pd.Series)
+    assert sorted(series.index) == sorted(held_out_ids())
+    assert set(series) <= {'gut', 'left palm', 'right palm', 'tongue'}
+
+    result = qiime('aam', 'plot-validation', '--i-model', 'classifier.qza',
+                   '--o-visualization', 'classifier.qzv', cwd=cwd)
+    assert 'Saved Visualization to: classifier.qzv' in result.stdout
+    exported = cwd / 'classifier-viz'
+    qiime2.Visualization.load(str(cwd / 'classifier.qzv')).export_data(str(exported))
+    assert {'index.html', 'validation.png', 'losses.png', 'validation.tsv',
+            'history.tsv'} <= {p.name for p in exported.iterdir()}
+
+
+def test_plugin_error_is_printed_and_exits_non_zero(qiime, workspace):
+    result = qiime('aam', 'fit', '--i-table', DATA / 'table.qza',
+                   '--i-sequences', DATA / 'rep-seqs.qza',
+                   '--m-metadata-file', DATA / 'metadata.tsv',
+                   '--m-metadata-column', 'days-since-experiment-start',
+                   *TINY_CLI, '--p-scheduler-params', '{"min_lr_ratio": 0.1',
+                   '--o-model', 'never.qza', cwd=workspace, check=False)
+    assert result.returncode != 0
+    assert 'Plugin error from aam:' in result.stderr
+    assert 'scheduler settings' in result.stderr and 'are not valid JSON' in result.stderr
+    assert not (workspace / 'never.qza').exists()
+
+
+def test_example_data(qiime, tmp_path):
+    # q2cli 2022.11 has --example-data (checked in test_fit_help); it writes the inputs
+    # of every usage example of the action into a folder named after the example.
+    target = tmp_path / 'examples'
+    result = qiime('aam', 'fit', '--example-data', target)
+    folder = target / 'fit-classifier'
+    assert {'table.qza', 'rep-seqs.qza', 'unweighted-unifrac.qza',
+            'sample-metadata.tsv'} <= {p.name for p in folder.iterdir()}, result.stdout
+    assert 'body-site' in (folder / 'sample-metadata.tsv').read_text()
+    assert str(qiime2.Artifact.load(str(folder / 'table.qza')).type) == \
+        'FeatureTable[Frequency]'
+    assert str(qiime2.Artifact.load(str(folder / 'rep-seqs.qza')).type) == \
+        'FeatureData[Sequence]'
