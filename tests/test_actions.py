@@ -300,3 +300,22 @@ def test_sample_classifier_scatterplot_accepts_predictions(tmp_path):
     visualization, = scatterplot(predictions=regressor_predictions(), truth=truth)
     visualization.export_data(str(tmp_path / 'sc'))
     assert (tmp_path / 'sc' / 'index.html').is_file()
+
+
+def test_fit_with_distances_and_without_validation(tmp_path):
+    """A distance matrix keeps the UniFrac loss on while fitting; validation_size 0 trains
+    on every sample, and plot_validation then shows the loss curves only."""
+    model, = fit(table=table(), sequences=rep_seqs(), metadata=body_site(),
+                 distance_matrix=distances(), **{**TINY, 'validation_size': 0.0})
+    saved = model.view(SavedModel)
+    assert {'train_unifrac_loss', 'train_target_loss'} <= set(saved.history)
+    assert not any(c.startswith('val_') for c in saved.history)
+    assert len(saved.validation) == 0
+    assert saved.config['training']['samples'] == 34
+    visualization, = plot_validation(model=model)
+    out = tmp_path / 'viz'
+    visualization.export_data(str(out))
+    names = {p.name for p in out.iterdir()}
+    assert {'index.html', 'losses.png', 'history.tsv', 'validation.tsv'} <= names
+    assert 'validation.png' not in names
+    assert '<tr><th>validation samples</th><td>0</td></tr>' in (out / 'index.html').read_text()
