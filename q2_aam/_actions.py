@@ -54,6 +54,7 @@ def _settings(p, **overrides):
 def _training_record(p, settings, samples, extra=None):
     record = {k: v for k, v in p.items()}
     record['scheduler_params'] = settings.scheduler_params
+    record['unifrac_weight'] = settings.unifrac_weight   # 0 when fit had no distance matrix
     record['samples'] = samples
     record.update(extra or {})
     return record

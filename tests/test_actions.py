@@ -60,6 +60,9 @@ def test_fit_numeric_column_gives_a_regressor():
     assert saved.config['training']['pretrained'] is False
     assert saved.config['training']['samples'] == 34 - len(held_out_ids())
     assert 'train_target_loss' in saved.history
+    # no distance matrix: no UniFrac loss, and the record says so
+    assert 'train_unifrac_loss' not in saved.history
+    assert saved.config['training']['unifrac_weight'] == 0.0
 
 
 def test_fit_categorical_column_gives_a_classifier():
@@ -312,6 +315,7 @@ def test_fit_with_distances_and_without_validation(tmp_path):
     assert not any(c.startswith('val_') for c in saved.history)
     assert len(saved.validation) == 0
     assert saved.config['training']['samples'] == 34
+    assert saved.config['training']['unifrac_weight'] == 1.0
     visualization, = plot_validation(model=model)
     out = tmp_path / 'viz'
     visualization.export_data(str(out))
