@@ -11,6 +11,7 @@ PYTHON ?= python3
 SYS_PYTHON := /usr/bin/python3
 VENV := $(CURDIR)/.venv
 STAMP := $(VENV)/.q2-aam-setup-done
+CLI_CACHE := $(VENV)/.q2cli-cache-done
 TORCH := torch==2.13.0
 APT_PACKAGES := qiime q2cli q2-types q2-feature-table q2-diversity-lib \
 	q2-sample-classifier q2templates python3-matplotlib python3-venv python3-tqdm
@@ -40,8 +41,15 @@ setup:
 	fi
 	@$(PY) -c 'import torch' 2>/dev/null || echo "NOTE: PyTorch is missing; install it into this environment (pip install torch)."
 else
-setup: $(STAMP)
+setup: $(STAMP) $(CLI_CACHE)
 endif
+
+# q2cli caches the plugins' signatures per package version, which an editable install never
+# changes: refresh it whenever the code that declares the actions changes.
+$(CLI_CACHE): $(STAMP) q2_aam/plugin_setup.py q2_aam/_actions.py
+	@echo "==> Refreshing the QIIME 2 command-line cache (q2cli)"
+	@$(VENV)/bin/qiime dev refresh-cache
+	@touch $@
 
 $(STAMP): setup.py Makefile
 	@command -v apt-get >/dev/null || { echo "ERROR: QIIME 2 was not found, and this is not a Debian system with apt-get."; \
@@ -71,8 +79,6 @@ $(STAMP): setup.py Makefile
 	@printf '#!%s\nimport sys\nfrom q2cli.__main__ import qiime\nsys.argv[0] = "qiime"\nsys.exit(qiime())\n' \
 		"$(VENV)/bin/python" > $(VENV)/bin/qiime
 	@chmod +x $(VENV)/bin/qiime
-	@echo "==> Refreshing the QIIME 2 command-line cache"
-	$(VENV)/bin/qiime dev refresh-cache
 	@touch $@
 	@echo "==> Setup done. Use it with: source .venv/bin/activate && qiime aam --help"
 

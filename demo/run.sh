@@ -9,6 +9,14 @@ OUT=demo-output
 MODEL="--p-embedding-dim 64 --p-attention-heads 4 --p-attention-layers 2 --p-max-asvs 256"
 TRAIN="--p-batch-size 8 --p-learning-rate 0.001 --p-random-seed 42 --p-threads 2"
 rm -rf "$OUT" && mkdir -p "$OUT"
+# Run a training step, keep its full log, show the per-epoch lines (or the log on failure).
+train_step() {
+  local log=$OUT/$1.log; shift
+  if ! "$@" --verbose > "$log" 2>&1; then
+    tr '\r' '\n' < "$log" | tail -40; echo "demo: step failed; full log in $log"; exit 1
+  fi
+  tr '\r' '\n' < "$log" | grep -E '^(epoch |Early stop|q2-aam:|Saved )' || true
+}
 started=$(date +%s)
 
 echo "==> Holding out the 7 samples that q2-sample-classifier's baseline was scored on"
@@ -20,17 +28,15 @@ qiime feature-table filter-samples --i-table $DATA/table.qza \
   --o-filtered-table $OUT/test-table.qza
 
 echo "==> 1/4 Pretraining an encoder on the training samples' UniFrac distances"
-qiime aam pretrain --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
-  --i-distance-matrix $DATA/unweighted-unifrac.qza --p-ignore-missing-samples \
-  $MODEL $TRAIN --p-epochs 15 --o-model $OUT/encoder.qza --verbose 2>&1 | grep -v 'it/s' || true
-test -f $OUT/encoder.qza
+train_step pretrain qiime aam pretrain --i-table $OUT/train-table.qza \
+  --i-sequences $DATA/rep-seqs.qza --i-distance-matrix $DATA/unweighted-unifrac.qza \
+  --p-ignore-missing-samples $MODEL $TRAIN --p-epochs 15 --o-model $OUT/encoder.qza
 
 echo "==> 2/4 Fitting a body-site classifier from the pretrained encoder"
-qiime aam fit --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
+train_step fit qiime aam fit --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
   --i-pretrained $OUT/encoder.qza --m-metadata-file $DATA/metadata.tsv \
   --m-metadata-column body-site $TRAIN --p-epochs 40 --p-patience 15 \
-  --o-model $OUT/classifier.qza --verbose 2>&1 | grep -v 'it/s' || true
-test -f $OUT/classifier.qza
+  --o-model $OUT/classifier.qza
 
 echo "==> 3/4 Predicting the held-out samples"
 qiime aam predict --i-model $OUT/classifier.qza --i-table $OUT/test-table.qza \

@@ -32,7 +32,10 @@ def table_parts(table):
             f'The feature table is empty ({table.shape[1]} samples, {table.shape[0]} '
             'features). Give a table with at least one sample that has reads.')
     counts = table.matrix_data.T.tocsr()       # biom stores features x samples
-    return counts, list(table.ids('sample')), list(table.ids('observation'))
+    # features without a single read carry nothing; they need no sequence either
+    used = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
+    feature_ids = list(table.ids('observation'))
+    return counts[:, used], list(table.ids('sample')), [feature_ids[i] for i in used]
 
 
 def sequences_for(feature_ids, sequences):
