@@ -217,3 +217,44 @@ def test_encoder_parameters_exclude_the_head():
     assert len(shared) + sum(1 for _ in model.target_head.parameters()) == \
         sum(1 for _ in model.parameters())
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+def _forward_backward(model, batch, checkpoint_layers):
+    """Outputs, gradients and bytes kept for backward of one training step."""
+    model.train()
+    model.asv_encoder.checkpoint_layers = checkpoint_layers
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    torch.manual_seed(5)                                # the same dropout draws
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(batch.tokens, batch.asv_index, batch.abundance)
+    model.zero_grad()
+    (out['embedding'].pow(2).sum() + out['nuc_logits'].pow(2).mean()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads, sum(kept.values())
+
+
+def test_checkpointed_asv_layers_give_the_same_numbers_with_less_memory():
+    batch = toy_data(n_samples=6).make_batch(range(6))
+    model = tiny_model(dim=32)
+    model.asv_encoder.transformer.layers.extend(
+        [tiny_model(dim=32).asv_encoder.transformer.layers[0] for _ in range(2)])  # 3 layers
+    plain_out, plain_grads, plain_bytes = _forward_backward(model, batch, False)
+    out, grads, kept_bytes = _forward_backward(model, batch, True)
+    for key in plain_out:
+        assert torch.equal(out[key], plain_out[key])
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], plain_grads[name]), name
+    assert kept_bytes < 0.6 * plain_bytes
+    # evaluation never checkpoints: the same numbers either way
+    model.eval()
+    with torch.no_grad():
+        on = model(batch.tokens, batch.asv_index, batch.abundance)['sample']
+        model.asv_encoder.checkpoint_layers = False
+        off = model(batch.tokens, batch.asv_index, batch.abundance)['sample']
+    assert torch.equal(on, off)

@@ -261,6 +261,20 @@ def test_freeze_encoder_trains_only_the_head():
         {'train_total_loss', 'train_target_loss', 'val_total_loss', 'val_target_loss'}
 
 
+def test_activation_checkpointing_on_cpu_by_default_and_same_weights():
+    model = tiny_model()
+    Trainer(model, toy_data(), TRAIN, VAL, settings())
+    assert model.asv_encoder.checkpoint_layers
+    weights = []
+    for checkpointing in (True, False):
+        model = tiny_model()
+        train(model, toy_data(), TRAIN, VAL,
+              settings(activation_checkpointing=checkpointing, learning_rate=1e-2))
+        assert model.asv_encoder.checkpoint_layers is checkpointing
+        weights.append(model.state_dict())
+    assert same_state(*weights)
+
+
 def test_freeze_encoder_needs_a_head():
     with pytest.raises(ValueError, match='freeze_encoder leaves nothing to train'):
         Trainer(tiny_model(), toy_data(), TRAIN, VAL, settings(freeze_encoder=True))

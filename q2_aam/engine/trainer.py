@@ -48,6 +48,7 @@ class TrainSettings:
     random_seed: int = 0
     device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
     threads: Optional[int] = None
+    activation_checkpointing: Optional[bool] = None   # None: on for CPU, where memory binds
     histogram_frequency: int = 50         # epochs; 0 = off
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
@@ -148,6 +149,9 @@ class Trainer:
         self.class_weights = (None if settings.class_weights is None else
                               torch.tensor(settings.class_weights, dtype=torch.float32,
                                            device=self.device))
+        checkpointing = settings.activation_checkpointing
+        model.asv_encoder.checkpoint_layers = (self.device.type == 'cpu' if checkpointing is None
+                                               else bool(checkpointing))
         model.to(self.device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optim.make_optimizer(settings.optimizer, trainable,
