@@ -166,13 +166,26 @@ class RFVariant:
     description: str
 
 
+# Tuned on sleep-apnea fold 0 (see results.md, "Levers"): a small model, pretraining on the
+# training samples' UniFrac, then a target head on the frozen encoder.
+TUNED = dict(embedding_dim=32, attention_layers=1, max_asvs=64, batch_size=16,
+             pretrain_epochs=15, pretrain_lr=1e-3, freeze_encoder=True, epochs=40,
+             learning_rate=3e-3, patience=10)
+
 VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
-    'aam': AAMVariant("q2-aam defaults: pretrain on training UniFrac, then fit"),
-    'aam-nopre': AAMVariant("q2-aam, no pretraining", pretrain=False),
-    'aam-frozen': AAMVariant("q2-aam, pretrained encoder frozen", freeze_encoder=True),
-    'aam-small': AAMVariant("q2-aam, dim 32, 1 layer", embedding_dim=32, attention_layers=1),
+    'aam': AAMVariant("q2-aam tuned: pretrain on training UniFrac, head on frozen encoder",
+                      **TUNED),
+    'aam-finetune': AAMVariant("tuned, but the pretrained encoder is fine-tuned (lr 1e-4)",
+                               **{**TUNED, 'freeze_encoder': False, 'learning_rate': 1e-4,
+                                  'epochs': 10}),
+    'aam-nopre': AAMVariant("tuned size, no pretraining (whole model fit, lr 1e-3)",
+                            **{**TUNED, 'pretrain': False, 'freeze_encoder': False,
+                               'learning_rate': 1e-3, 'epochs': 30}),
+    'aam-base': AAMVariant("the brief's starting point: dim 64, 2 layers, 256 ASVs, batch 8, "
+                           "pretrain then fine-tune"),
 }
+_PRETRAINED = {}   # (dataset, fold, member, pretraining settings) -> encoder state
 
 
 def _settings(v, seed, epochs, lr, pretraining, quiet=True, threads=None):
@@ -200,6 +213,21 @@ def _subset_data(ds, rows, max_asvs, with_distances=False, with_targets=False):
                         targets=ds.y[rows] if with_targets else None)
 
 
+VERBOSE = bool(os.environ.get('AAM_BENCH_VERBOSE'))
+
+
+def _epoch_logger(tag):
+    if not VERBOSE:
+        return None
+    keys = ('train_total_loss', 'val_total_loss', 'val_target_loss', 'val_unifrac_loss',
+            'val_r2', 'val_mae', 'val_accuracy')
+
+    def log(epoch, record):
+        shown = ' '.join(f'{k}={record[k]:.3f}' for k in keys if k in record)
+        print(f'      {tag} epoch {epoch}: {shown}', flush=True)
+    return log
+
+
 def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions."""
     import torch
@@ -224,11 +252,17 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
         arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
                     attention_layers=v.attention_layers, dropout=v.dropout)
         encoder_state = None
-        if v.pretrain:
+        key = (ds.name, fold, member, quick, tuple(sorted(arch.items())), v.max_asvs,
+               v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
+               v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm, v.rarefy)
+        if v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
+            encoder_state = _PRETRAINED[key]
+        elif v.pretrain:
             enc = AAM(AAMConfig(task='encoder', n_outputs=0, **arch))
             r = train(enc, train_data, fit_local, val_local,
-                      _settings(v, seed, pre_epochs, v.pretrain_lr, True))
-            encoder_state = r.state_dict
+                      _settings(v, seed, pre_epochs, v.pretrain_lr, True),
+                      on_epoch_end=_epoch_logger('pretrain'))
+            encoder_state = _PRETRAINED[key] = r.state_dict
             seen += r.train_samples_per_second * r.train_seconds
             seconds += r.train_seconds
             info['pre_best_epoch'] = r.best_epoch
@@ -237,7 +271,7 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
             load_encoder_weights(model, encoder_state)
         r = train(model, train_data, fit_local, val_local,
                   _settings(v, seed, fit_epochs, v.learning_rate, False),
-                  class_names=ds.classes)
+                  class_names=ds.classes, on_epoch_end=_epoch_logger('fit'))
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds
         info['best_epoch'] = r.best_epoch
@@ -356,21 +390,32 @@ def format_table(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--datasets', default='sleep-apnea,moving-pictures')
-    p.add_argument('--variants', default='rf,aam,aam-nopre,aam-frozen,aam-small')
+    p.add_argument('--variants', default='rf,aam,aam-finetune,aam-nopre')
     p.add_argument('--folds', type=int, default=5, help='folds / seeds per data set (max 5 '
                    'for sleep-apnea)')
     p.add_argument('--quick', action='store_true', help='2 folds and ~1/5 of the epochs')
     p.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument('--output', default=str(ROOT / 'benchmarks' / 'results.md'),
                    help="markdown file to write ('' = do not write)")
+    p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                   help='override a q2-aam variant field for this run, e.g. --set epochs=20 '
+                   '(repeatable; the model is then named with the override)')
     p.add_argument('--list', action='store_true')
     args = p.parse_args(argv)
     if args.list:
         for k, v in VARIANTS.items():
             print(f'{k:14s} {v}')
         return []
+    import ast
     import torch
     torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        k, _, val = item.partition('=')
+        try:
+            overrides[k] = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            overrides[k] = val
     folds = 2 if args.quick else args.folds
     rows = []
     started = time.time()
@@ -378,8 +423,12 @@ def main(argv=None):
         ds = load_dataset(key)
         splits = make_splits(ds, folds)
         for name in args.variants.split(','):
-            print(f'{key}: {name}', flush=True)
-            rows.append(evaluate(name, VARIANTS[name], ds, splits, quick=args.quick))
+            variant, label = VARIANTS[name], name
+            if overrides and isinstance(variant, AAMVariant):
+                variant = replace(variant, **overrides)
+                label = name + ' ' + ' '.join(args.set)
+            print(f'{key}: {label}', flush=True)
+            rows.append(evaluate(label, variant, ds, splits, quick=args.quick))
     table = format_table(rows)
     print(table)
     if args.output:
