@@ -1,5 +1,6 @@
 import re
-import warnings
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -446,3 +447,13 @@ def test_encode_all_asvs_leaves_unused_rows_zero():
     assert (vectors[used].abs().sum(1) > 0).all()
     unused = np.setdiff1d(np.arange(len(data.feature_ids)), used)
     assert (vectors[unused] == 0).all()
+
+
+def test_engine_never_imports_qiime2():
+    code = ('import sys; import q2_aam.engine.trainer, q2_aam.engine.checkpoint, '
+            'q2_aam.engine.plots; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("qiime2", "q2cli", "q2_types")))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == '[]'
