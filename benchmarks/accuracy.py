@@ -435,15 +435,16 @@ def main(argv=None):
         command = ' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', '')]
                            + ['benchmarks/accuracy.py'] + (argv if argv is not None
                                                            else sys.argv[1:]))
-        write_results(args.output, table, command, time.time() - started)
+        write_results(args.output, table, command, time.time() - started,
+                      title='Main results: ' + ', '.join(args.datasets.split(',')))
     return rows
 
 
-def write_results(path, table, command, seconds):
-    """Replace the 'Main results' section of the results file (other sections stay)."""
+def write_results(path, table, command, seconds, title='Main results'):
+    """Replace the section called ``title`` in the results file (other sections stay)."""
     path = Path(path)
     stamp = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-    section = (f'## Main results\n\nRun {stamp} on {platform.node() or "?"}: '
+    section = (f'## {title}\n\nRun {stamp} on {platform.node() or "?"}: '
                f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
                f'torch threads as given; total {seconds / 60:.1f} min.\n\n'
                f'Command: `{command}`\n\n{table}\n\n'
@@ -453,7 +454,7 @@ def write_results(path, table, command, seconds):
                'pretraining and every ensemble member; peak MB is the process\'s peak RSS '
                'during that row.\n')
     text = path.read_text() if path.exists() else '# q2-aam accuracy benchmark\n\n'
-    start = text.find('## Main results')
+    start = text.find(f'## {title}\n')
     if start >= 0:
         end = text.find('\n## ', start + 5)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else '')
