@@ -457,3 +457,17 @@ def test_engine_never_imports_qiime2():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == '[]'
+
+
+def test_a_failed_run_leaves_no_temporary_tensorboard_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
+    data = toy_data(targets='regression', distances=False)
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model('regression', 1), data, TRAIN, VAL, settings(), on_epoch_end=stop)
+    assert list(tmp_path.glob('q2-aam-tensorboard-*')) == []
+    train(tiny_model('regression', 1), data, TRAIN, VAL, settings(epochs=1))
+    assert list(tmp_path.glob('q2-aam-tensorboard-*')) == []

@@ -5,7 +5,6 @@ same loop can later run under ``torchrun`` (only rank 0 would write logs).
 """
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -332,14 +331,40 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------
     def run(self, class_names=None, resume_from=None):
+        """Train; without a tensorboard_dir the event files are written to a temporary
+        folder that is removed however the run ends (their bytes are in the result)."""
+        if self.s.tensorboard_dir:
+            return self._run(self.s.tensorboard_dir, class_names, resume_from)
+        with tempfile.TemporaryDirectory(prefix='q2-aam-tensorboard-') as tb_dir:
+            return self._run(tb_dir, class_names, resume_from)
+
+    def _run(self, tb_dir, class_names, resume_from):
         s = self.s
         if class_names is None and self.kind == 'classification':
             class_names = [str(c) for c in range(self.model.cfg.n_outputs)]
         self.class_names = class_names
         self.bad_steps = 0
-        tb_dir = s.tensorboard_dir or tempfile.mkdtemp(prefix='q2-aam-tensorboard-')
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
-        writer = SummaryWriter(log_dir=tb_dir)
+        with SummaryWriter(log_dir=tb_dir) as writer:
+            state, started, seen = self._epochs(writer, resume_from)
+        elapsed = time.perf_counter() - started
+        if state['best_state'] is None:        # every epoch non-finite or no epoch run
+            state['best_state'] = _cpu_state(self.model)
+        validation = state['validation']
+        if validation is None:
+            validation = pd.DataFrame(columns=['truth', 'prediction'],
+                                      index=pd.Index([], name='sample-id'))
+        tensorboard = _read_tree(tb_dir)
+        return TrainResult(
+            state_dict=state['best_state'], history=pd.DataFrame(state['history']),
+            validation=validation, best_epoch=state['best_epoch'], epochs_run=state['epoch'],
+            target_mean=self.mean, target_std=self.std,
+            tensorboard=tensorboard, train_seconds=elapsed,
+            train_samples_per_second=seen / elapsed if elapsed > 0 else float('nan'))
+
+    def _epochs(self, writer, resume_from):
+        """The epoch loop; returns (final state, start time, samples seen)."""
+        s = self.s
         state = {'epoch': 0, 'best_loss': math.inf, 'best_epoch': 0, 'waited': 0,
                  'history': [], 'best_state': None, 'validation': None}
         if resume_from is not None:
@@ -383,23 +408,7 @@ class Trainer:
                                f'{s.patience} epochs; keeping epoch {state["best_epoch"]}.',
                                file=sys.stderr)
                 break
-        writer.close()
-        elapsed = time.perf_counter() - started
-        if state['best_state'] is None:        # every epoch non-finite or no epoch run
-            state['best_state'] = _cpu_state(self.model)
-        validation = state['validation']
-        if validation is None:
-            validation = pd.DataFrame(columns=['truth', 'prediction'],
-                                      index=pd.Index([], name='sample-id'))
-        tensorboard = _read_tree(tb_dir)
-        if not s.tensorboard_dir:          # our own temporary folder: the bytes are kept
-            shutil.rmtree(tb_dir, ignore_errors=True)
-        return TrainResult(
-            state_dict=state['best_state'], history=pd.DataFrame(state['history']),
-            validation=validation, best_epoch=state['best_epoch'], epochs_run=state['epoch'],
-            target_mean=self.mean, target_std=self.std,
-            tensorboard=tensorboard, train_seconds=elapsed,
-            train_samples_per_second=seen / elapsed if elapsed > 0 else float('nan'))
+        return state, started, seen
 
     def _log(self, writer, epoch, record, improved, table):
         for key, value in record.items():
