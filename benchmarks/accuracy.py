@@ -436,23 +436,25 @@ def main(argv=None):
                            + ['benchmarks/accuracy.py'] + (argv if argv is not None
                                                            else sys.argv[1:]))
         write_results(args.output, table, command, time.time() - started,
-                      title='Main results: ' + ', '.join(args.datasets.split(',')))
+                      title='Main results: ' + ', '.join(args.datasets.split(',')),
+                      threads=args.threads)
     return rows
 
 
-def write_results(path, table, command, seconds, title='Main results'):
+def write_results(path, table, command, seconds, title='Main results', threads=None):
     """Replace the section called ``title`` in the results file (other sections stay)."""
     path = Path(path)
     stamp = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
     section = (f'## {title}\n\nRun {stamp} on {platform.node() or "?"}: '
                f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
-               f'torch threads as given; total {seconds / 60:.1f} min.\n\n'
+               f'{threads or "default"} torch threads; total {seconds / 60:.1f} min '
+               '(the machine was shared with other jobs: times are inflated).\n\n'
                f'Command: `{command}`\n\n{table}\n\n'
                'R² and MAE (weeks) for sleep-apnea/age are per fold (whole mice held out); '
                'accuracy and macro one-vs-rest AUROC for moving-pictures/body-site are per '
                'stratified 80/20 split. Values are mean ± sd over folds. Train time includes '
                'pretraining and every ensemble member; peak MB is the process\'s peak RSS '
-               'during that row.\n')
+               'during that row.\n\n')
     text = path.read_text() if path.exists() else '# q2-aam accuracy benchmark\n\n'
     start = text.find(f'## {title}\n')
     if start >= 0:
