@@ -257,3 +257,73 @@ def test_checkpointed_asv_layers_give_the_same_numbers_with_less_memory():
         model.asv_encoder.checkpoint_layers = False
         off = model(batch.tokens, batch.asv_index, batch.abundance)['sample']
     assert torch.equal(on, off)
+
+
+# -- the k-mer profile and the composition path ------------------------------------------
+
+def test_kmer_ids_count_windows_of_real_bases_only():
+    from q2_aam.engine.model import kmer_ids
+    from q2_aam.engine.tokens import encode_sequences
+    tokens = torch.from_numpy(encode_sequences(['ACGTA', 'ACNTA', 'AC'], max_bp=10)
+                              .astype('int64'))              # START + bases + PAD
+    ids, valid = kmer_ids(tokens, 2)
+    # windows start at START, so the first window is never valid
+    assert valid[0].tolist() == [False, True, True, True, True]
+    assert ids[0, 1:].tolist() == [0 * 4 + 1, 1 * 4 + 2, 2 * 4 + 3, 3 * 4 + 0]   # AC CG GT TA
+    assert valid[1].tolist() == [False, True, False, False, True]                # N hides CN, NT
+    assert valid[2].tolist() == [False, True, False, False, False]               # PAD is no base
+
+
+def test_kmer_profile_tells_asvs_apart_and_keeps_relatives_close():
+    from q2_aam.engine.tokens import encode_sequences
+    torch.manual_seed(0)
+    model = AAM(AAMConfig(embedding_dim=32, attention_heads=2, attention_layers=1)).eval()
+    rng = torch.Generator().manual_seed(1)
+    seq = ''.join('ACGT'[i] for i in torch.randint(0, 4, (100,), generator=rng))
+    mutant = seq[:50] + ('A' if seq[50] != 'A' else 'C') + seq[51:]
+    shuffled = ''.join(sorted(seq))                       # same composition, other order
+    other = ''.join('ACGT'[i] for i in torch.randint(0, 4, (100,), generator=rng))
+    tokens = torch.from_numpy(encode_sequences([seq, mutant, shuffled, other]).astype('int64'))
+    with torch.no_grad():
+        vectors, _ = model.asv_encoder(tokens)
+    dist = torch.cdist(vectors, vectors)
+    assert dist[0, 1] < 0.5 * dist[0, 3]                 # one substitution: a close relative
+    assert dist[0, 2] > 0.5 * dist[0, 3]                 # same bases, other order: far apart
+    assert torch.isfinite(vectors).all()
+
+
+def test_kmer_profile_of_a_sequence_shorter_than_k_is_finite():
+    from q2_aam.engine.tokens import encode_sequences
+    model = AAM(AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=1, kmer_size=6))
+    tokens = torch.from_numpy(encode_sequences(['ACG', 'NNNNNNNN']).astype('int64'))
+    vectors, _ = model.asv_encoder(tokens)
+    vectors.sum().backward()
+    assert torch.isfinite(vectors).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.asv_encoder.parameters()
+               if p.grad is not None)
+
+
+def test_kmer_profile_can_be_switched_off_and_is_checked():
+    assert AAM(AAMConfig(embedding_dim=16, attention_heads=2, kmer_size=0)).asv_encoder.kmers \
+        is None
+    with pytest.raises(ValueError, match='kmer_size must be 0'):
+        AAMConfig(kmer_size=9)
+
+
+def test_composition_path_adds_the_abundance_weighted_mean_of_asv_vectors():
+    torch.manual_seed(0)
+    model = AAM(AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=1)).eval()
+    encoder = model.sample_encoder
+    vectors, index = torch.randn(2, 16), torch.tensor([[0, 1]])
+    share = torch.tensor([[0.9, 0.1]])
+    with torch.no_grad():
+        nn_init = torch.nn.init
+        nn_init.normal_(encoder.composition[1].weight)     # make the path visible
+        with_path = encoder(vectors, index, share)
+        expected = encoder.composition(share @ vectors)
+        encoder.composition[1].weight.zero_()
+        encoder.composition[1].bias.zero_()
+        without_path = encoder(vectors, index, share)
+        other = encoder(vectors, index, torch.tensor([[0.1, 0.9]]))
+    assert torch.allclose(with_path - without_path, expected, atol=1e-5)
+    assert not torch.allclose(without_path, other)      # abundance also enters the transformer

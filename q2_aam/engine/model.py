@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .tokens import PAD, VOCAB_SIZE
+from .tokens import A, PAD, T, VOCAB_SIZE
 
 TASKS = ('encoder', 'regression', 'classification')
 
@@ -26,12 +26,15 @@ class AAMConfig:
     attention_layers: int = 4      # per transformer (ASV and sample)
     feedforward_mult: int = 4
     dropout: float = 0.1
+    kmer_size: int = 6             # k-mer profile added to each ASV vector; 0 = off
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {TASKS}, not {self.task!r}.')
         if self.task != 'encoder' and self.n_outputs < 1:
             raise ValueError(f'A {self.task} model needs n_outputs >= 1.')
+        if not 0 <= self.kmer_size <= 8:
+            raise ValueError(f'kmer_size must be 0 (off) to 8, not {self.kmer_size}.')
         if self.embedding_dim % self.attention_heads:
             raise ValueError(f'embedding_dim ({self.embedding_dim}) must be a multiple of '
                              f'attention_heads ({self.attention_heads}).')
@@ -83,6 +86,48 @@ def _attention_padding(valid):
     return ~valid & valid.any(dim=1, keepdim=True)
 
 
+def kmer_ids(tokens, k):
+    """Overlapping k-mers of A/C/G/T as integers in [0, 4**k): (U, L) -> (U, W), valid (U, W).
+
+    Windows that touch START, PAD, MASK or N are invalid, so masking a base hides the
+    k-mers around it as well.
+    """
+    base = (tokens - A).clamp(0, 3)                        # A C G T -> 0 1 2 3
+    is_base = (tokens >= A) & (tokens <= T)
+    windows = tokens.shape[1] - k + 1
+    if windows < 1:
+        empty = tokens.new_zeros(tokens.shape[0], 1)
+        return empty, empty.bool()
+    ids = torch.zeros_like(tokens[:, :windows])
+    valid = torch.ones_like(is_base[:, :windows])
+    for j in range(k):
+        ids = ids * 4 + base[:, j:j + windows]
+        valid = valid & is_base[:, j:j + windows]
+    return ids, valid
+
+
+class KmerProfile(nn.Module):
+    """Mean embedding of an ASV's k-mers, layer-normalised.
+
+    Why: at initialisation a transformer's pooled output is little more than the
+    sequence's base composition, so ASVs look alike and a fit collapses to predicting
+    the mean. A k-mer profile tells ASVs apart from the first step, and sequences that
+    share k-mers (close relatives, and new ASVs at prediction) get similar vectors.
+    """
+
+    def __init__(self, k, dim):
+        super().__init__()
+        self.k = k
+        self.table = nn.Embedding(4 ** k, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens):                             # tokens (U, L)
+        ids, valid = kmer_ids(tokens, self.k)              # (U, W)
+        weights = valid.float() / valid.sum(1, keepdim=True).clamp(min=1)
+        bag = torch.einsum('uw,uwd->ud', weights, self.table(ids))    # (U, D)
+        return self.norm(bag)                              # no valid k-mer -> zeros + bias
+
+
 class ASVEncoder(nn.Module):
     """Reads each distinct ASV's nucleotides once and pools them to one vector.
 
@@ -98,6 +143,7 @@ class ASVEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.transformer = _transformer(cfg)
         self.pool = AttentionPool(cfg.embedding_dim)
+        self.kmers = KmerProfile(cfg.kmer_size, cfg.embedding_dim) if cfg.kmer_size else None
         self.checkpoint_layers = False
 
     def forward(self, tokens):                             # tokens (U, L)
@@ -111,7 +157,10 @@ class ASVEncoder(nn.Module):
             h = self.transformer.norm(h)
         else:
             h = self.transformer(h, src_key_padding_mask=padding)
-        return self.pool(h, valid), h                      # (U, D), (U, L, D)
+        vectors = self.pool(h, valid)                      # (U, D)
+        if self.kmers is not None:
+            vectors = vectors + self.kmers(tokens)
+        return vectors, h                                  # (U, D), (U, L, D)
 
 
 class SampleEncoder(nn.Module):
@@ -124,16 +173,21 @@ class SampleEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.transformer = _transformer(cfg)
         self.pool = AttentionPool(d)
+        # abundance-weighted mean of the ASV vectors: the sample's composition, directly
+        self.composition = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
 
     def forward(self, asv_vectors, asv_index, abundance):  # (U, D), (B, K), (B, K)
         valid = asv_index >= 0                              # (B, K)
         x = asv_vectors[asv_index.clamp(min=0)]             # (B, K, D)
+        share = abundance * valid                           # (B, K), zero in empty slots
+        share = share / share.sum(1, keepdim=True).clamp(min=1e-8)
+        composition = torch.einsum('bk,bkd->bd', share, x)  # (B, D)
         # log relative abundance, roughly in [-1.2, 0] for 1e-5..1; padding -> 0 input
         log_abundance = torch.log(abundance.clamp(min=1e-8)) / 10.0
         x = x + self.abundance(log_abundance.unsqueeze(-1))             # (B, K, D)
         x = self.drop(x) * valid.unsqueeze(-1)
         h = self.transformer(x, src_key_padding_mask=_attention_padding(valid))
-        return self.pool(h, valid)                          # (B, D)
+        return self.pool(h, valid) + self.composition(composition)     # (B, D)
 
 
 class AAM(nn.Module):
@@ -163,6 +217,8 @@ class AAM(nn.Module):
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
+        elif isinstance(module, KmerProfile):   # visited after its table: start far apart
+            nn.init.normal_(module.table.weight, std=1.0)
 
     def encoder_parameters(self):
         """Parameters shared with a pretrained encoder (everything but the target head)."""
