@@ -5,9 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=q2_aam/data/moving-pictures
 OUT=demo-output
-# Small settings so that the demo finishes in a few minutes on 2 CPU cores.
-MODEL="--p-embedding-dim 64 --p-attention-heads 4 --p-attention-layers 2 --p-max-asvs 256"
-TRAIN="--p-batch-size 8 --p-learning-rate 0.001 --p-random-seed 42 --p-threads 2"
+# The plugin's defaults, with a fixed seed; pretraining is kept short for the demo.
+TRAIN="--p-random-seed 42"
 rm -rf "$OUT" && mkdir -p "$OUT"
 # Run a training step, keep its full log, show the per-epoch lines (or the log on failure).
 train_step() {
@@ -30,12 +29,12 @@ qiime feature-table filter-samples --i-table $DATA/table.qza \
 echo "==> 1/4 Pretraining an encoder on the training samples' UniFrac distances"
 train_step pretrain qiime aam pretrain --i-table $OUT/train-table.qza \
   --i-sequences $DATA/rep-seqs.qza --i-distance-matrix $DATA/unweighted-unifrac.qza \
-  --p-ignore-missing-samples $MODEL $TRAIN --p-epochs 15 --o-model $OUT/encoder.qza
+  --p-ignore-missing-samples $TRAIN --p-epochs 20 --o-model $OUT/encoder.qza
 
 echo "==> 2/4 Fitting a body-site classifier from the pretrained encoder"
 train_step fit qiime aam fit --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
   --i-pretrained $OUT/encoder.qza --m-metadata-file $DATA/metadata.tsv \
-  --m-metadata-column body-site $TRAIN --p-epochs 40 --p-patience 15 \
+  --m-metadata-column body-site $TRAIN \
   --o-model $OUT/classifier.qza
 
 echo "==> 3/4 Predicting the held-out samples"

@@ -76,6 +76,7 @@ architecture = {
     'attention_heads': P['positive_int'],
     'attention_layers': P['positive_int'],
     'dropout': Float % Range(0.0, 1.0),
+    'kmer_size': Int % Range(0, 8, inclusive_end=True),
 }
 fitting = {
     'freeze_encoder': Bool,
@@ -128,6 +129,9 @@ descriptions = {
     'attention_heads': 'Attention heads per transformer layer (must divide embedding_dim).',
     'attention_layers': 'Transformer layers in each of the ASV and the sample encoder.',
     'dropout': 'Dropout rate while training.',
+    'kmer_size': 'Length of the k-mers whose profile is added to each ASV\'s vector '
+                 '(0 = off). It tells ASVs apart from the start of training and keeps '
+                 'related sequences close; see benchmarks/results.md.',
     'freeze_encoder': 'Keep the pretrained encoder\'s weights fixed and train only the '
                       'prediction head (faster; needs `pretrained`).',
     'target_weight': 'Weight of the prediction loss.',
@@ -139,7 +143,7 @@ descriptions = {
 fit_architecture_descriptions = {
     k: descriptions[k] + ' Default: the pretrained encoder\'s, else ' + str(D[k]) + '.'
     for k in architecture}
-for k in ('embedding_dim', 'attention_heads', 'attention_layers', 'max_bp'):
+for k in ('embedding_dim', 'attention_heads', 'attention_layers', 'max_bp', 'kmer_size'):
     fit_architecture_descriptions[k] += ' Cannot differ from a pretrained encoder\'s.'
 
 inputs_common = {'table': FeatureTable[Frequency], 'sequences': FeatureData[Sequence]}
