@@ -37,23 +37,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+from accuracy import _read_fasta  # noqa: E402  (one FASTA reader for both benchmarks)
+
 DATA = Path(os.environ.get('Q2_AAM_DATA', '/work/shared/data')) / 'sleep-apnea-10422'
 
 # The public PyTorch port on the same data and model size (design doc, 2-core machine).
 REFERENCE = {'pretrain': 0.41, 'fit': 0.29, 'predict': 1.2, 'peak_gb': 9.5}
 TARGETS = {'pretrain': 5.0, 'fit': 5.0, 'predict': 20.0, 'peak_gb': 2.0}
-
-
-def read_fasta(path):
-    seqs, name = {}, None
-    for line in open(path):
-        line = line.strip()
-        if line.startswith('>'):
-            name = line[1:].split()[0]
-            seqs[name] = []
-        elif line:
-            seqs[name].append(line)
-    return {k: ''.join(v) for k, v in seqs.items()}
 
 
 def rarefy(counts, depth, seed):
@@ -80,7 +71,7 @@ def load(rarefy_depth=1000, seed=0, max_asvs=1024, max_bp=150):
         sample_ids = sample_ids[keep]
     used = counts.sum(axis=0) > 0
     counts, feature_ids = counts[:, used], feature_ids[used]
-    fasta = read_fasta(DATA / 'rep-seqs.fasta')
+    fasta = _read_fasta(DATA / 'rep-seqs.fasta')
     sequences = [fasta[f] for f in feature_ids]
     distances = pd.read_csv(DATA / 'unweighted-unifrac.tsv', sep='\t', index_col=0)
     distances.index = distances.index.astype(str)
