@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 from accuracy import _read_fasta  # noqa: E402  (one FASTA reader for both benchmarks)
 
-DATA = Path(os.environ.get('Q2_AAM_DATA', '/work/shared/data')) / 'sleep-apnea-10422'
+DATA = Path(os.environ.get('Q2_AAM_DATA', ROOT.parent / 'shared' / 'data')) / 'sleep-apnea-10422'
 
 # The public PyTorch port on the same data and model size (design doc, 2-core machine).
 REFERENCE = {'pretrain': 0.41, 'fit': 0.29, 'predict': 1.2, 'peak_gb': 9.5}

@@ -22,7 +22,8 @@ import torch
 torch.set_num_threads(1)
 
 DATA = Path(str(importlib.resources.files('q2_aam') / 'data' / 'moving-pictures'))
-SHARED_DATA = Path('/work/shared/data')
+# the project's shared real data sits beside the checkout (../shared/data) when it exists
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
 TINY_ARCH = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
 TINY_TRAIN = dict(epochs=1, batch_size=8, max_asvs=32, random_seed=1, device='cpu',
