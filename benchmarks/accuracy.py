@@ -443,7 +443,8 @@ def main(argv=None):
                            + ['benchmarks/accuracy.py'] + (argv if argv is not None
                                                            else sys.argv[1:]))
         write_results(args.output, table, command, time.time() - started,
-                      title='Main results: ' + ', '.join(args.datasets.split(',')),
+                      title=('Quick check (2 folds, 1/5 of the epochs): ' if args.quick
+                             else 'Main results: ') + ', '.join(args.datasets.split(',')),
                       threads=args.threads)
     return rows
 
