@@ -123,6 +123,7 @@ class Trainer:
         self.train_rows = np.asarray(train_rows, np.int64)
         self.val_rows = np.asarray(val_rows, np.int64)
         self.on_epoch_end = on_epoch_end
+        self._frozen = None
         self.device = resolve_device(settings.device)
         if settings.threads:
             torch.set_num_threads(int(settings.threads))
@@ -214,9 +215,12 @@ class Trainer:
 
     # -- epochs ----------------------------------------------------------------------
     def _frozen_vectors(self):
+        """A frozen encoder's ASV vectors, encoded once per run: its weights never change."""
         if not self.s.freeze_encoder:
             return None
-        return encode_all_asvs(self.model, self.data, self.device)
+        if self._frozen is None:
+            self._frozen = encode_all_asvs(self.model, self.data, self.device)
+        return self._frozen
 
     def _train_epoch(self, epoch, bar):
         self.model.train()
