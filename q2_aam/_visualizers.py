@@ -2,7 +2,6 @@
 import html
 import importlib.resources
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -61,16 +60,11 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
                 for name, value in scores.items()]
     last = history.tail(1).T.iloc[:, 0] if len(history) else pd.Series(dtype=float)
     template = importlib.resources.files('q2_aam') / 'assets' / 'index.html'
-    with importlib.resources.as_file(template) as path:
-        local = os.path.join(output_dir, '_index_template.html')
-        shutil.copyfile(path, local)
-        q2templates.render(local, output_dir, context={
+    with importlib.resources.as_file(template) as path:     # renders to output_dir/index.html
+        q2templates.render(str(path), output_dir, context={
             'title': f'q2-aam {model.task} model',
             'summary': [(html.escape(str(k)), html.escape(str(v))) for k, v in summary],
             'figures': figures,
             'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)
                            for k, v in last.items()],
         })
-    # q2templates writes the rendered file under the template's own name
-    os.replace(os.path.join(output_dir, '_index_template.html'),
-               os.path.join(output_dir, 'index.html'))
