@@ -166,6 +166,14 @@ class RFVariant:
     description: str
 
 
+@dataclass
+class LinearVariant:
+    """A penalised linear model on log relative abundance: context for how much signal a
+    simple compositional transform already exposes (not a q2-sample-classifier default)."""
+    description: str
+    pseudo_abundance: float = 1e-5
+
+
 # The plugin's defaults (q2_aam/_actions.py DEFAULTS): k-mer profile + composition path,
 # embedding 32, 4 heads, 1 layer, 128 ASVs, batch 16, lr 3e-3, 60 epochs, patience 10,
 # no masked-nucleotide loss while fitting.
@@ -180,6 +188,8 @@ TUNED_BEFORE_KMERS = dict(embedding_dim=32, attention_layers=1, max_asvs=64, bat
 
 VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
+    'linear': LinearVariant("ridge (regression) / logistic regression (classification) on "
+                            "log(relative abundance + 1e-5), penalty by inner CV"),
     'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining)",
                       **{**DEFAULT, 'pretrain': False}),
     'aam-pretrained': AAMVariant("q2-aam defaults, pretrained 20 epochs on the training "
@@ -318,6 +328,29 @@ def run_rf(ds, train_rows, test_rows, fold):
     return pred, info
 
 
+def run_linear(v, ds, train_rows, test_rows, fold):
+    """RidgeCV / LogisticRegressionCV on log relative abundance; the penalty is chosen by
+    cross-validation inside the training rows only."""
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    X = ds.counts.toarray()
+    X = np.log(X / X.sum(1, keepdims=True) + v.pseudo_abundance)
+    t0 = time.perf_counter()
+    if ds.task == 'regression':
+        est = RidgeCV(alphas=np.logspace(-3, 5, 30)).fit(X[train_rows], ds.y[train_rows])
+        seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = est.predict(X[test_rows])
+    else:
+        n_cv = int(min(5, np.bincount(ds.y[train_rows]).min()))
+        est = LogisticRegressionCV(Cs=10, cv=max(2, n_cv), max_iter=5000)
+        est.fit(X[train_rows], ds.y[train_rows])
+        seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = est.predict_proba(X[test_rows])
+    return pred, {'predict_seconds': time.perf_counter() - t0,
+                  'train_samples_per_second': len(train_rows) / seconds}
+
+
 # -- metrics and memory ------------------------------------------------------------------
 
 def score(ds, truth, pred):
@@ -352,10 +385,15 @@ def peak_rss_mb():
 def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
     scores, train_s, pred_sps, train_sps, extra = [], [], [], [], []
-    for fold, (tr, te) in enumerate(splits):
+    for fold, split in enumerate(splits):
+        if split is None:           # --only-folds: keep fold numbers (and seeds) as they are
+            continue
+        tr, te = split
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
             pred, info = run_rf(ds, tr, te, fold)
+        elif isinstance(variant, LinearVariant):
+            pred, info = run_linear(variant, ds, tr, te, fold)
         else:
             pred, info = run_aam(variant, ds, tr, te, fold, quick=quick, log=log)
         train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
@@ -367,7 +405,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         log(f'  {ds.name} {name} fold {fold}: ' +
             ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
             f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
-    row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(splits)}
+    row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores)}
     for k in scores[0]:
         vals = np.array([s[k] for s in scores])
         row[k] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0)
@@ -400,6 +438,8 @@ def main(argv=None):
     p.add_argument('--variants', default='rf,aam,aam-pretrained')
     p.add_argument('--folds', type=int, default=5, help='folds / seeds per data set (max 5 '
                    'for sleep-apnea)')
+    p.add_argument('--only-folds', default='', metavar='I,J',
+                   help='run only these fold numbers (0-based), e.g. for a quick lever check')
     p.add_argument('--quick', action='store_true', help='2 folds and ~1/5 of the epochs')
     p.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument('--output', default=str(ROOT / 'benchmarks' / 'results.md'),
@@ -429,6 +469,9 @@ def main(argv=None):
     for key in args.datasets.split(','):
         ds = load_dataset(key)
         splits = make_splits(ds, folds)
+        if args.only_folds:
+            keep = {int(i) for i in args.only_folds.split(',')}
+            splits = [s if i in keep else None for i, s in enumerate(splits)]
         for name in args.variants.split(','):
             variant, label = VARIANTS[name], name
             if overrides and isinstance(variant, AAMVariant):
