@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from q2_aam.engine.losses import nuc_loss, target_loss, total_loss, unifrac_loss
-from q2_aam.engine.model import (AAM, AAMConfig, AttentionPool, count_parameters,
+from q2_aam.engine.model import (AAM, COMPOSITION_SCALE, DETECTION_FLOOR, AAMConfig,
+                                 AttentionPool, count_parameters, log_abundance_weights,
                                  load_encoder_weights)
 from q2_aam.engine.tokens import MASK, START, mask_nucleotides
 
@@ -310,19 +313,30 @@ def test_kmer_profile_can_be_switched_off_and_is_checked():
         AAMConfig(kmer_size=9)
 
 
-def test_composition_path_adds_the_abundance_weighted_mean_of_asv_vectors():
+def test_log_abundance_weights_are_log_over_the_floor_clipped_and_zero_in_empty_slots():
+    abundance = torch.tensor([[0.5, 0.25, 1e-6, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    w = log_abundance_weights(abundance, valid)
+    expected = [math.log(0.5 / DETECTION_FLOOR) / COMPOSITION_SCALE,
+                math.log(0.25 / DETECTION_FLOOR) / COMPOSITION_SCALE, 0.0, 0.0]
+    assert torch.allclose(w, torch.tensor([expected]), atol=1e-6)
+    # halving an ASV's abundance lowers its weight by log 2, whatever the other ASVs are
+    assert math.isclose(float(w[0, 0] - w[0, 1]), math.log(2) / COMPOSITION_SCALE, rel_tol=1e-5)
+
+
+def test_composition_path_adds_the_log_abundance_weighted_sum_of_asv_vectors():
     torch.manual_seed(0)
     model = AAM(AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=1)).eval()
     encoder = model.sample_encoder
     vectors, index = torch.randn(2, 16), torch.tensor([[0, 1]])
     share = torch.tensor([[0.9, 0.1]])
     with torch.no_grad():
-        nn_init = torch.nn.init
-        nn_init.normal_(encoder.composition[1].weight)     # make the path visible
+        torch.nn.init.normal_(encoder.composition.weight)      # make the path visible
         with_path = encoder(vectors, index, share)
-        expected = encoder.composition(share @ vectors)
-        encoder.composition[1].weight.zero_()
-        encoder.composition[1].bias.zero_()
+        weights = torch.log(share / DETECTION_FLOOR) / COMPOSITION_SCALE
+        expected = encoder.composition(weights @ vectors)
+        encoder.composition.weight.zero_()
+        encoder.composition.bias.zero_()
         without_path = encoder(vectors, index, share)
         other = encoder(vectors, index, torch.tensor([[0.1, 0.9]]))
     assert torch.allclose(with_path - without_path, expected, atol=1e-5)

@@ -163,6 +163,23 @@ class ASVEncoder(nn.Module):
         return vectors, h                                  # (U, D), (U, L, D)
 
 
+DETECTION_FLOOR = 1e-5    # relative abundance of about one read in 100,000
+COMPOSITION_SCALE = 128.0  # about the number of ASVs a sample holds: keeps the sum near unit size
+
+
+def log_abundance_weights(abundance, valid):
+    """Per-slot weights log(abundance / floor), clipped at 0 and divided by a constant: (B, K).
+
+    Why: summing ASV vectors with these weights makes the composition path a linear
+    model on log relative abundance, the transform that lets a ridge regression reach
+    R² 0.66 on sleep-apnea age (training folds only) where relative abundance itself
+    reaches 0.38. Empty slots weigh zero; a constant divisor (not the weights' sum)
+    keeps the model linear in each ASV's log abundance.
+    """
+    weights = torch.log(abundance.clamp(min=1e-12) / DETECTION_FLOOR).clamp(min=0)
+    return weights * valid / COMPOSITION_SCALE
+
+
 class SampleEncoder(nn.Module):
     """Reads a sample's ASV vectors with their abundances; ASV order carries no signal."""
 
@@ -173,15 +190,13 @@ class SampleEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.transformer = _transformer(cfg)
         self.pool = AttentionPool(d)
-        # abundance-weighted mean of the ASV vectors: the sample's composition, directly
-        self.composition = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        # the sample's composition, directly: ASV vectors summed with log-abundance weights
+        self.composition = nn.Linear(d, d)
 
     def forward(self, asv_vectors, asv_index, abundance):  # (U, D), (B, K), (B, K)
         valid = asv_index >= 0                              # (B, K)
         x = asv_vectors[asv_index.clamp(min=0)]             # (B, K, D)
-        share = abundance * valid                           # (B, K), zero in empty slots
-        share = share / share.sum(1, keepdim=True).clamp(min=1e-8)
-        composition = torch.einsum('bk,bkd->bd', share, x)  # (B, D)
+        composition = torch.einsum('bk,bkd->bd', log_abundance_weights(abundance, valid), x)
         # log relative abundance, roughly in [-1.2, 0] for 1e-5..1; padding -> 0 input
         log_abundance = torch.log(abundance.clamp(min=1e-8)) / 10.0
         x = x + self.abundance(log_abundance.unsqueeze(-1))             # (B, K, D)
