@@ -307,48 +307,41 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     return np.mean(outputs, axis=0), info
 
 
+def _fit_and_predict(est, X, ds, train_rows, test_rows):
+    """Fit a scikit-learn estimator on the training rows and predict the test rows
+    (class probabilities for classification), timing both."""
+    t0 = time.perf_counter()
+    est.fit(X[train_rows], ds.y[train_rows])
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = est.predict(X[test_rows]) if ds.task == 'regression' else \
+        est.predict_proba(X[test_rows])
+    return pred, {'predict_seconds': time.perf_counter() - t0,
+                  'train_samples_per_second': len(train_rows) / seconds}
+
+
 def run_rf(ds, train_rows, test_rows, fold):
     """q2-sample-classifier's default estimator: DictVectorizer over raw counts (feature
     columns in sorted ID order) -> RandomForest{Regressor,Classifier}(n_estimators=100)."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     order = np.argsort(ds.feature_ids.astype(str))
-    X = ds.counts[:, order]
     Est = RandomForestRegressor if ds.task == 'regression' else RandomForestClassifier
-    est = Est(n_estimators=100, random_state=fold, n_jobs=1)
-    t0 = time.perf_counter()
-    est.fit(X[train_rows], ds.y[train_rows])
-    seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if ds.task == 'regression':
-        pred = est.predict(X[test_rows])
-    else:
-        pred = est.predict_proba(X[test_rows])
-    info = {'predict_seconds': time.perf_counter() - t0,
-            'train_samples_per_second': len(train_rows) / seconds}
-    return pred, info
+    return _fit_and_predict(Est(n_estimators=100, random_state=fold, n_jobs=1),
+                            ds.counts[:, order], ds, train_rows, test_rows)
 
 
-def run_linear(v, ds, train_rows, test_rows, fold):
+def run_linear(v, ds, train_rows, test_rows):
     """RidgeCV / LogisticRegressionCV on log relative abundance; the penalty is chosen by
     cross-validation inside the training rows only."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     X = ds.counts.toarray()
     X = np.log(X / X.sum(1, keepdims=True) + v.pseudo_abundance)
-    t0 = time.perf_counter()
     if ds.task == 'regression':
-        est = RidgeCV(alphas=np.logspace(-3, 5, 30)).fit(X[train_rows], ds.y[train_rows])
-        seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = est.predict(X[test_rows])
+        est = RidgeCV(alphas=np.logspace(-3, 5, 30))
     else:
         n_cv = int(min(5, np.bincount(ds.y[train_rows]).min()))
         est = LogisticRegressionCV(Cs=10, cv=max(2, n_cv), max_iter=5000)
-        est.fit(X[train_rows], ds.y[train_rows])
-        seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = est.predict_proba(X[test_rows])
-    return pred, {'predict_seconds': time.perf_counter() - t0,
-                  'train_samples_per_second': len(train_rows) / seconds}
+    return _fit_and_predict(est, X, ds, train_rows, test_rows)
 
 
 # -- metrics and memory ------------------------------------------------------------------
@@ -385,15 +378,12 @@ def peak_rss_mb():
 def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
     scores, train_s, pred_sps, train_sps, extra = [], [], [], [], []
-    for fold, split in enumerate(splits):
-        if split is None:           # --only-folds: keep fold numbers (and seeds) as they are
-            continue
-        tr, te = split
+    for fold, (tr, te) in splits:
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
             pred, info = run_rf(ds, tr, te, fold)
         elif isinstance(variant, LinearVariant):
-            pred, info = run_linear(variant, ds, tr, te, fold)
+            pred, info = run_linear(variant, ds, tr, te)
         else:
             pred, info = run_aam(variant, ds, tr, te, fold, quick=quick, log=log)
         train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
@@ -468,10 +458,11 @@ def main(argv=None):
     started = time.time()
     for key in args.datasets.split(','):
         ds = load_dataset(key)
-        splits = make_splits(ds, folds)
+        # (fold number, split): --only-folds keeps each fold's number, and so its seeds
+        splits = list(enumerate(make_splits(ds, folds)))
         if args.only_folds:
             keep = {int(i) for i in args.only_folds.split(',')}
-            splits = [s if i in keep else None for i, s in enumerate(splits)]
+            splits = [(i, split) for i, split in splits if i in keep]
         for name in args.variants.split(','):
             variant, label = VARIANTS[name], name
             if overrides and isinstance(variant, AAMVariant):
