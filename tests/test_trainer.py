@@ -9,7 +9,8 @@ import torch
 from q2_aam.engine import trainer as trainer_module
 from q2_aam.engine.data import split_samples
 from q2_aam.engine.trainer import (MAX_NONFINITE_STEPS, TrainSettings, Trainer, _fmt,
-                                   encode_all_asvs, predict, resolve_device, train)
+                                   average_predictions, encode_all_asvs, predict,
+                                   resolve_device, target_scale, train)
 
 from engine_fixtures import tiny_model, toy_data
 
@@ -51,6 +52,41 @@ def test_pretraining_records_its_losses():
     assert len(result.validation) == len(VAL) * (len(VAL) - 1) // 2
     assert result.train_samples_per_second > 0
     assert result.tensorboard and all(isinstance(v, bytes) for v in result.tensorboard.values())
+
+
+def test_a_given_target_scale_replaces_the_training_rows_own():
+    data = toy_data(targets='regression', distances=False)
+    _, _, own = regression_run()
+    _, _, given = regression_run(target_scale=(10.0, 4.0))
+    assert (given.target_mean, given.target_std) == (10.0, 4.0)
+    assert (own.target_mean, own.target_std) == pytest.approx(target_scale(data.targets[TRAIN]))
+    # the validation predictions stay on the user's scale either way, and differ in fit
+    np.testing.assert_allclose(given.validation['truth'], own.validation['truth'])
+    assert not np.allclose(given.validation['prediction'], own.validation['prediction'])
+
+
+def test_target_scale_of_a_constant_target_is_one():
+    assert target_scale([2.0, 4.0]) == (3.0, 1.0)
+    assert target_scale([5.0, 5.0, 5.0]) == (5.0, 1.0)
+
+
+def test_average_predictions_of_regressors_is_the_mean():
+    a, b = np.array([[1.0], [-2.0]]), np.array([[3.0], [0.0]])
+    np.testing.assert_allclose(average_predictions([a, b], 'regression'), [[2.0], [-1.0]])
+
+
+def test_average_predictions_of_classifiers_averages_probabilities():
+    members = [np.array([[4.0, 0.0, 0.0], [20.0, 0.0, 0.0]]),
+               np.array([[0.0, 1.0, 0.0], [20.0, 0.0, 0.0]]),
+               np.array([[0.0, 0.0, 2.0], [0.0, 50.0, 0.0]])]
+    softmax = lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)   # noqa: E731
+    out = average_predictions(members, 'classification')
+    np.testing.assert_allclose(softmax(out), sum(softmax(m) for m in members) / 3)
+    np.testing.assert_allclose(softmax(out)[1], [2 / 3, 1 / 3, 0], atol=1e-8)
+    # two of three members vote class 0 for sample 1; the mean of the logits would let the
+    # third member's one huge logit outvote them
+    assert out.argmax(1).tolist() == [0, 0]
+    assert np.mean(members, axis=0).argmax(1).tolist() == [0, 1]
 
 
 def test_regression_standardises_with_training_statistics():

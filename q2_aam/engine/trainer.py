@@ -42,6 +42,8 @@ class TrainSettings:
     nuc_weight: float = 1.0
     target_weight: float = 1.0
     regression_loss: str = 'mse'          # 'mse' | 'huber'
+    target_scale: Optional[tuple] = None  # (mean, sd) to standardise a regression target
+                                          # with; None: the training rows' own
     class_weights: Optional[list] = None
     freeze_encoder: bool = False
     random_seed: int = 0
@@ -69,6 +71,12 @@ class TrainResult:
     tensorboard: dict                     # relative path -> bytes of the event files
     train_seconds: float
     train_samples_per_second: float
+
+
+def target_scale(values):
+    """(mean, sd) of regression targets; sd 1 for a constant target."""
+    y = np.asarray(values, np.float64)
+    return float(y.mean()), float(y.std()) or 1.0
 
 
 def seed_everything(seed):
@@ -143,9 +151,10 @@ class Trainer:
             for p in model.encoder_parameters():
                 p.requires_grad_(False)
         self.mean = self.std = None
-        if self.kind == 'regression':
-            y = data.targets[self.train_rows].astype(np.float64)
-            self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
+        if self.kind == 'regression' and settings.target_scale is not None:
+            self.mean, self.std = (float(x) for x in settings.target_scale)
+        elif self.kind == 'regression':
+            self.mean, self.std = target_scale(data.targets[self.train_rows])
         self.class_weights = (None if settings.class_weights is None else
                               torch.tensor(settings.class_weights, dtype=torch.float32,
                                            device=self.device))
@@ -522,6 +531,21 @@ def predict(model, data, rows=None, batch_size=64, device='cpu', dedupe_table=Tr
     return result
 
 
+def average_predictions(outputs, kind):
+    """Several models' raw head outputs (each (n, n_outputs)) -> one array of that shape.
+
+    A regressor's standardised values are averaged. A classifier's class probabilities
+    are averaged, then returned as their log, so that softmax of the result gives the
+    averaged probabilities and argmax the class they favour.
+    """
+    stacked = np.stack([np.asarray(o, np.float64) for o in outputs])   # (M, n, C)
+    if kind != 'classification':
+        return stacked.mean(0)
+    shifted = stacked - stacked.max(axis=2, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=2, keepdims=True)
+    return np.log(probabilities.mean(0))
+
+
 def validation_figure(table, kind, class_names=None):
     """The figure of a validation table: scatter, confusion matrix or UniFrac pairs."""
     from . import plots
@@ -574,4 +598,4 @@ def _read_tree(directory):
 
 
 __all__ = ['TrainSettings', 'TrainResult', 'Trainer', 'train', 'predict', 'encode_all_asvs',
-           'seed_everything', 'resolve_device', 'validation_figure']
+           'average_predictions', 'target_scale', 'seed_everything', 'resolve_device', 'validation_figure']
