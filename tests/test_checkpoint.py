@@ -177,3 +177,67 @@ def test_empty_history_is_reported(saved_dir):
     (directory / 'history.tsv').write_text('')
     with pytest.raises(ModelFileError, match='history.tsv is empty'):
         checkpoint.load(directory)
+
+
+# -- ensembles: several members' weights in one model.pt --------------------------------
+
+def _ensemble(size=3):
+    members = [tiny_model('regression', 1, seed=i).state_dict() for i in range(size)]
+    config = checkpoint.make_config(tiny_config('regression', 1), 64, 40, target_mean=3.0,
+                                    target_std=2.0, extra={'ensemble_size': size})
+    return SavedModel(config, checkpoint.pack_members(members)), members
+
+
+def test_pack_members_keeps_a_single_model_as_it_was():
+    state = tiny_model('regression', 1).state_dict()
+    assert checkpoint.pack_members([state]).keys() == state.keys()
+    assert checkpoint.unpack_members(state, 1) == [state]
+
+
+def test_ensemble_round_trip(tmp_path):
+    saved, members = _ensemble(3)
+    assert all(k.startswith(('members.0.', 'members.1.', 'members.2.')) for k in saved.state_dict)
+    assert len(saved.state_dict) == 3 * len(members[0])
+    checkpoint.save(saved, tmp_path)
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.ensemble_size == 3
+    unpacked = loaded.member_states()
+    for original, read in zip(members, unpacked):
+        assert original.keys() == read.keys()
+        assert all(torch.equal(original[k], read[k]) for k in original)
+    models = loaded.build_models()
+    assert len(models) == 3 and not any(m.training for m in models)
+    # the members differ (seeds 0, 1, 2), and each got its own weights back
+    assert not torch.equal(models[0].target_head[0].weight, models[1].target_head[0].weight)
+    assert torch.equal(models[2].target_head[0].weight, members[2]['target_head.0.weight'])
+    with pytest.raises(ValueError, match='ensemble of 3 models; use build_models'):
+        loaded.build_model()
+
+
+def test_ensemble_missing_a_member_is_refused(tmp_path):
+    saved, members = _ensemble(3)
+    checkpoint.save(saved, tmp_path)
+    torch.save(checkpoint.pack_members(members[:2]), tmp_path / 'model.pt')
+    n = len(members[0])
+    with pytest.raises(ModelFileError, match=rf'{n} missing \(e.g. members\.2\.'):
+        checkpoint.validate(tmp_path)
+
+
+@pytest.mark.parametrize('size, message', [
+    (0, 'ensemble_size must be a whole number of at least 1, not 0'),
+    ('3', "ensemble_size must be a whole number of at least 1, not '3'"),
+    (True, 'ensemble_size must be a whole number of at least 1, not True')])
+def test_bad_ensemble_size(saved_dir, size, message):
+    _, directory = saved_dir
+    _edit_config(directory, ensemble_size=size)
+    with pytest.raises(ModelFileError, match=message):
+        checkpoint.validate(directory)
+
+
+def test_an_encoder_cannot_be_an_ensemble(tmp_path):
+    config = checkpoint.make_config(tiny_config(), 64, 40, extra={'ensemble_size': 2})
+    state = tiny_model().state_dict()
+    checkpoint.save(SavedModel(config, checkpoint.pack_members([state, state])), tmp_path)
+    with pytest.raises(ModelFileError, match="only a regressor or classifier can be an "
+                                             "ensemble, but this 'encoder' model"):
+        checkpoint.validate(tmp_path)

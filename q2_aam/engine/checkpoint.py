@@ -47,11 +47,60 @@ class SavedModel:
     def model_config(self):
         return AAMConfig.from_dict(self.config['model'])
 
+    @property
+    def ensemble_size(self):
+        return ensemble_size(self.config)
+
+    def member_states(self):
+        """One state dict per fitted model (one, unless fit trained an ensemble)."""
+        return unpack_members(self.state_dict, self.ensemble_size)
+
+    def build_models(self):
+        """Torch models with these weights, in eval mode: one per ensemble member."""
+        models = []
+        for state in self.member_states():
+            model = AAM(self.model_config)
+            model.load_state_dict(state)
+            models.append(model.eval())
+        return models
+
     def build_model(self):
-        """A torch model with these weights, in eval mode."""
-        model = AAM(self.model_config)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
+        """The torch model of a single (not ensemble) model, in eval mode."""
+        if self.ensemble_size != 1:
+            raise ValueError(f'This model is an ensemble of {self.ensemble_size} models; '
+                             'use build_models().')
+        return self.build_models()[0]
+
+
+MEMBER_PREFIX = 'members.'
+
+
+def ensemble_size(config):
+    """Models whose predictions a saved model averages (config.json's ensemble_size)."""
+    return int(config.get('ensemble_size', 1))
+
+
+def pack_members(states):
+    """Several state dicts -> the one flat mapping model.pt holds.
+
+    A single model keeps its plain parameter names, so a one-model file reads as before;
+    member i of an ensemble is stored under 'members.<i>.<name>'.
+    """
+    if len(states) == 1:
+        return dict(states[0])
+    return {f'{MEMBER_PREFIX}{i}.{name}': tensor
+            for i, state in enumerate(states) for name, tensor in state.items()}
+
+
+def unpack_members(state, size):
+    """The inverse of pack_members."""
+    if size == 1:
+        return [state]
+    members = [{} for _ in range(size)]
+    for key, tensor in state.items():
+        index, name = key[len(MEMBER_PREFIX):].split('.', 1)
+        members[int(index)][name] = tensor
+    return members
 
 
 def make_config(model_config: AAMConfig, max_asvs, max_bp, training=None, labels=None,
@@ -118,6 +167,14 @@ def read_config(directory):
     if model_config.task != config['task']:
         raise ModelFileError(f"config.json says task {config['task']!r} but its model "
                              f'settings say {model_config.task!r}.')
+    size = config.get('ensemble_size', 1)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ModelFileError(f'config.json: ensemble_size must be a whole number of at least '
+                             f'1, not {size!r}.')
+    if size > 1 and config['task'] not in ('regression', 'classification'):
+        raise ModelFileError(f"config.json: only a regressor or classifier can be an "
+                             f"ensemble, but this {config['task']!r} model has "
+                             f'ensemble_size {size}.')
     if config['task'] == 'classification' and len(config.get('labels') or []) != \
             model_config.n_outputs:
         raise ModelFileError('config.json: a classifier needs one label per output '
@@ -141,7 +198,9 @@ def read_state_dict(path):
 
 def check_weights(config, state):
     """Refuse weights that do not fit the architecture config.json describes."""
-    expected = AAM(AAMConfig.from_dict(config['model'])).state_dict()
+    single = AAM(AAMConfig.from_dict(config['model'])).state_dict()
+    size = ensemble_size(config)
+    expected = pack_members([single] * size)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
