@@ -3,6 +3,9 @@
 No torch model code here: this module only turns QIIME 2 inputs into engine data,
 engine settings into a training run, and a run into a SavedModel.
 """
+import dataclasses
+import os
+
 import biom
 import numpy as np
 import pandas as pd
@@ -14,8 +17,8 @@ from .engine import checkpoint, optim
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights
-from .engine.trainer import TrainSettings, predict as engine_predict, resolve_device, \
-    seed_everything, train
+from .engine.trainer import TrainSettings, average_predictions, predict as engine_predict, \
+    resolve_device, seed_everything, target_scale, train
 
 # Defaults, shared with plugin_setup.py so that the signature and the help agree. They are
 # the settings measured in benchmarks/results.md: a small model that trains in minutes on
@@ -27,7 +30,7 @@ DEFAULTS = dict(
     max_grad_norm=1.0, validation_size=0.2, max_asvs=128, max_bp=150, embedding_dim=32,
     attention_heads=4, attention_layers=1, dropout=0.1, kmer_size=6, nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
-    random_seed=0, device='auto', threads=0, tensorboard_dir='',
+    random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=1,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
 FIT_NUC_WEIGHT = 0.0
@@ -108,18 +111,32 @@ def pretrain(
     cfg = AAMConfig(task='encoder', n_outputs=0 if targets is None else 1, max_bp=p['max_bp'],
                     **{k: p[k] for k in ARCHITECTURE})
     result = _run(AAM(cfg), data, settings, p['validation_size'], p['random_seed'])
-    return _saved(cfg, p, settings, result, sample_ids,
+    return _saved(cfg, p, settings, [result], sample_ids,
                   extra={'alpha_diversity': alpha_diversity is not None})
 
 
-def _saved(cfg, p, settings, result, sample_ids, labels=None, extra=None):
+def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None):
+    """One SavedModel from one training run, or from an ensemble's runs (one per member)."""
+    first = results[0]
     config = checkpoint.make_config(
         cfg, p['max_asvs'], p['max_bp'], labels=labels,
         training=_training_record(p, settings, len(sample_ids), extra),
-        target_mean=result.target_mean, target_std=result.target_std,
-        extra={'best_epoch': result.best_epoch, 'epochs_run': result.epochs_run})
-    return SavedModel(config, result.state_dict, result.history, result.validation,
-                      result.tensorboard)
+        target_mean=first.target_mean, target_std=first.target_std,
+        extra={'best_epoch': first.best_epoch, 'epochs_run': first.epochs_run,
+               'ensemble_size': len(results)})
+    if len(results) == 1:
+        return SavedModel(config, first.state_dict, first.history, first.validation,
+                          first.tensorboard)
+    # an ensemble: each member's epochs and validation rows, told apart by a member column
+    config.update(best_epoch=[r.best_epoch for r in results],
+                  epochs_run=[r.epochs_run for r in results])
+    history = pd.concat([r.history.assign(member=i) for i, r in enumerate(results)],
+                        ignore_index=True)
+    validation = pd.concat([r.validation.assign(member=i) for i, r in enumerate(results)])
+    tensorboard = {f'member-{i}/{path}': content for i, r in enumerate(results)
+                   for path, content in r.tensorboard.items()}
+    return SavedModel(config, checkpoint.pack_members([r.state_dict for r in results]),
+                      history, validation, tensorboard)
 
 
 def _architecture(p, pretrained):
@@ -159,7 +176,8 @@ def fit(
         max_asvs: int = D['max_asvs'], nuc_mask_ratio: float = D['nuc_mask_ratio'],
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = FIT_NUC_WEIGHT,
         random_seed: int = D['random_seed'], device: str = D['device'],
-        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir']) -> SavedModel:
+        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
+        ensemble_size: int = D['ensemble_size']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if freeze_encoder and pretrained is None:
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
@@ -192,16 +210,34 @@ def fit(
                               distances, targets)
     cfg = AAMConfig(task='classification' if classification else 'regression',
                     n_outputs=len(labels) if classification else 1, max_bp=max_bp, **arch)
+    if distance_matrix is None:
+        settings.unifrac_weight = 0.0
+    if not classification:   # one scale for every member, so their outputs can be averaged
+        settings.target_scale = target_scale(targets)
+    results = []
+    for member in range(p['ensemble_size']):
+        results.append(_fit_member(cfg, pretrained, data, settings, p, member,
+                                   stratify=stratify, class_names=labels))
+    return _saved(cfg, p, settings, results, sample_ids, labels=labels,
+                  extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
+                         'freeze_encoder': freeze_encoder})
+
+
+def _fit_member(cfg, pretrained, data, settings, p, member, stratify, class_names):
+    """Train ensemble member ``member``: its own seed, hence its own initial weights,
+    batches and validation split, so that together the members learn from every sample."""
+    seed = p['random_seed'] + member
+    if p['ensemble_size'] > 1:
+        _inputs.note(f"ensemble member {member + 1} of {p['ensemble_size']} (seed {seed})")
+        tb = settings.tensorboard_dir
+        settings = dataclasses.replace(settings, random_seed=seed, tensorboard_dir=tb and
+                                       os.path.join(tb, f'member-{member}'))
+    seed_everything(seed)
     model = AAM(cfg)
     if pretrained is not None:
         load_encoder_weights(model, pretrained.state_dict)
-    if distance_matrix is None:
-        settings.unifrac_weight = 0.0
-    result = _run(model, data, settings, p['validation_size'], p['random_seed'],
-                  stratify=stratify, class_names=labels)
-    return _saved(cfg, p, settings, result, sample_ids, labels=labels,
-                  extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
-                         'freeze_encoder': freeze_encoder})
+    return _run(model, data, settings, p['validation_size'], seed, stratify=stratify,
+                class_names=class_names)
 
 
 def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):
@@ -216,9 +252,11 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
     seqs = _inputs.sequences_for(feature_ids, sequences)
     data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
                               model.config['max_asvs'], model.config['max_bp'])
-    out = engine_predict(model.build_model(), data, batch_size=batch_size,
-                         device=resolve_device(device))
-    return pd.Index(data.sample_ids, name='id'), out['prediction']
+    device = resolve_device(device)
+    outputs = [engine_predict(member, data, batch_size=batch_size, device=device)['prediction']
+               for member in model.build_models()]
+    raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
+    return pd.Index(data.sample_ids, name='id'), raw
 
 
 def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_size: int = 64,

@@ -42,7 +42,10 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     figure, scores = _figure(model)
     if figure is not None:
         plots.save_figure(figure, os.path.join(output_dir, 'validation'))
-        figures.append(('validation', TITLES[model.task]))
+        title = TITLES[model.task]
+        if model.ensemble_size > 1:
+            title += ' (each ensemble member on its own validation split)'
+        figures.append(('validation', title))
     history = model.history
     if len(history):
         plots.save_figure(plots.loss_curves_figure(history), os.path.join(output_dir, 'losses'))
@@ -53,7 +56,9 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     summary = [('task', model.task), ('best epoch', config.get('best_epoch')),
                ('epochs run', config.get('epochs_run')),
                ('training samples', config.get('training', {}).get('samples')),
-               ('validation samples', len(model.validation))]
+               ('validation samples', model.validation.index.nunique())]
+    if model.ensemble_size > 1:    # each member validated on its own split
+        summary.insert(1, ('ensemble members', model.ensemble_size))
     if config.get('training', {}).get('target_column'):
         summary.append(('metadata column', config['training']['target_column']))
     summary += [(name, f'{value:.4f}' if isinstance(value, float) else value)

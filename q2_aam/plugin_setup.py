@@ -83,6 +83,7 @@ fitting = {
     'target_weight': Float % Range(0.0, None),
     'regression_loss': Str % Choices(['mse', 'huber']),
     'ignore_missing_samples': Bool,
+    'ensemble_size': Int % Range(1, 20, inclusive_end=True),
 }
 prediction = {
     'batch_size': P['positive_int'],
@@ -137,6 +138,11 @@ descriptions = {
     'target_weight': 'Weight of the prediction loss.',
     'regression_loss': 'Loss on the standardised target: mse, or huber (less sensitive to '
                        'outliers).',
+    'ensemble_size': 'Train this many models, each with its own seed (random_seed, '
+                     'random_seed + 1, ...) and so its own initial weights and validation '
+                     'split, and average their predictions. Each model costs a full '
+                     'training run; averaging reduces the variance that small studies '
+                     'suffer from (see benchmarks/results.md).',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }

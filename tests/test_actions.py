@@ -12,6 +12,7 @@ from plugin_fixtures import (TINY, TINY_TRAIN, SHARED_DATA, action_yaml, biom_ta
                              body_site, classifier, days, distances, encoder, metadata,
                              observed_features, regressor, regressor_predictions, rep_seqs,
                              sequences_series, split, state_equal, table, held_out_ids)
+from plugin_fixtures import _fit
 
 from qiime2.plugins.aam.methods import fit, predict, predict_probabilities, pretrain
 from qiime2.plugins.aam.visualizers import plot_validation
@@ -252,6 +253,73 @@ def test_same_seed_same_model_and_predictions(tmp_path):
                  **{**TINY, 'random_seed': 2})
     assert not state_equal(other.view(SavedModel).state_dict,
                            regressor().view(SavedModel).state_dict)
+
+
+# -- ensembles: ensemble_size models, predictions averaged ---------------------------
+
+@pytest.fixture(scope='module')
+def regressor_ensemble():
+    """Three regressors of days, seeds 1, 2 and 3 (TINY's random_seed is 1)."""
+    return _fit(days(), ensemble_size=3)
+
+
+def _predictions(model):
+    _, _, test_table, test_seqs = split()
+    return predict(model=model, table=test_table, sequences=test_seqs).predictions \
+        .view(pd.Series)
+
+
+def test_ensemble_members_are_the_fits_of_consecutive_seeds(regressor_ensemble):
+    saved = regressor_ensemble.view(SavedModel)
+    assert str(regressor_ensemble.type) == 'AAMModel[AAMRegressor]'
+    assert saved.ensemble_size == 3 and saved.config['training']['ensemble_size'] == 3
+    assert len(saved.config['best_epoch']) == len(saved.config['epochs_run']) == 3
+    first, _, third = saved.member_states()
+    assert state_equal(first, regressor().view(SavedModel).state_dict)
+    assert state_equal(third, _fit(days(), random_seed=3).view(SavedModel).state_dict)
+    # every member's epochs and validation rows, told apart by member
+    assert saved.history['member'].tolist() == [0, 1, 2]          # one epoch each
+    by_member = saved.validation.groupby('member')
+    assert sorted(by_member.groups) == [0, 1, 2]
+    splits = [frozenset(rows.index) for _, rows in by_member]
+    assert len(set(splits)) == 3, 'each member draws its own validation split'
+    assert {path.split('/')[0] for path in saved.tensorboard} == \
+        {'member-0', 'member-1', 'member-2'}
+
+
+def test_ensemble_predicts_the_mean_of_its_members(regressor_ensemble):
+    members = [regressor(), _fit(days(), random_seed=2), _fit(days(), random_seed=3)]
+    expected = pd.concat([_predictions(m) for m in members], axis=1).mean(axis=1)
+    got = _predictions(regressor_ensemble)
+    assert sorted(got.index) == sorted(held_out_ids())
+    pd.testing.assert_series_equal(got, expected.rename('prediction'), rtol=1e-5,
+                                   check_index_type=False)
+    # and it is not simply one of them
+    assert not np.allclose(got, _predictions(members[0]))
+
+
+def test_classifier_ensemble_averages_probabilities():
+    _, _, test_table, test_seqs = split()
+    ensemble = _fit(body_site(), ensemble_size=2)
+    members = [_fit(body_site(), random_seed=seed) for seed in (1, 2)]
+    probabilities = [predict_probabilities(model=m, table=test_table, sequences=test_seqs)
+                     .probabilities.view(pd.DataFrame) for m in [ensemble] + members]
+    averaged = (probabilities[1] + probabilities[2]) / 2
+    pd.testing.assert_frame_equal(probabilities[0], averaged, rtol=1e-5)
+    labels = predict(model=ensemble, table=test_table, sequences=test_seqs).predictions \
+        .view(pd.Series)
+    assert (labels == averaged.idxmax(axis=1).reindex(labels.index)).all()
+
+
+def test_plot_validation_of_an_ensemble(regressor_ensemble, tmp_path):
+    visualization, = plot_validation(model=regressor_ensemble)
+    visualization.export_data(str(tmp_path))
+    html = (tmp_path / 'index.html').read_text()
+    assert '<tr><th>ensemble members</th><td>3</td></tr>' in html
+    assert '(each ensemble member on its own validation split)' in html
+    validation = regressor_ensemble.view(SavedModel).validation
+    assert f'<tr><th>validation samples</th><td>{validation.index.nunique()}</td></tr>' in html
+    assert len(validation) == 3 * round(0.2 * (34 - len(held_out_ids())))
 
 
 # -- plot_validation and q2-sample-classifier's visualizers --------------------------

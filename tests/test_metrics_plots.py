@@ -138,3 +138,16 @@ def test_unifrac_and_loss_curve_figures(tmp_path):
     assert [n.rsplit('.', 1)[1] for n in names] == ['png', 'svg']
     assert (tmp_path / 'curves.png').read_bytes()[:4] == b'\x89PNG'
     assert b'<svg' in (tmp_path / 'curves.svg').read_bytes()[:500]
+
+
+def test_loss_curves_of_an_ensemble_draw_each_member():
+    history = pd.DataFrame({'epoch': [1, 2, 1, 2, 3], 'member': [0, 0, 1, 1, 1],
+                            'train_total_loss': [3.0, 2.0, 3.1, 2.2, 1.9],
+                            'val_total_loss': [3.5, 2.5, 3.4, 2.6, 2.4]})
+    ax, = plots.loss_curves_figure(history).axes
+    lines = ax.get_lines()
+    assert len(lines) == 4                      # training and validation of two members
+    assert [l.get_label() for l in lines if not l.get_label().startswith('_')] == \
+        ['training', 'validation']              # each split in the legend once
+    assert [list(l.get_xdata()) for l in lines] == [[1, 2], [1, 2, 3], [1, 2], [1, 2, 3]]
+    assert list(lines[3].get_ydata()) == [3.4, 2.6, 2.4]

@@ -73,13 +73,19 @@ def loss_curves_figure(history):
     terms = [t for t in ('total_loss', 'unifrac_loss', 'nuc_loss', 'target_loss')
              if f'train_{t}' in history or f'val_{t}' in history]
     fig = Figure(figsize=(4 * max(1, len(terms)), 3.5), dpi=100)
+    # an ensemble's history has a member column: one line per member, labelled once
+    runs = ([history] if 'member' not in history else
+            [run for _, run in history.groupby('member', sort=True)])
     for k, term in enumerate(terms):
         ax = fig.add_subplot(1, len(terms), k + 1)
-        for split, style in (('train', '-'), ('val', '--')):
+        for split, style, colour in (('train', '-', 'C0'), ('val', '--', 'C1')):
             column = f'{split}_{term}'
-            if column in history and history[column].notna().any():
-                ax.plot(history['epoch'], history[column], style,
-                        label='validation' if split == 'val' else 'training')
+            for i, run in enumerate(runs):
+                if column in run and run[column].notna().any():
+                    label = 'validation' if split == 'val' else 'training'
+                    ax.plot(run['epoch'], run[column], style, color=colour,
+                            alpha=1.0 if len(runs) == 1 else 0.6,
+                            label=label if i == 0 else None)
         ax.set_title(term.replace('_', ' '))
         ax.set_xlabel('epoch')
         values = history.filter(like=term).to_numpy(float)
