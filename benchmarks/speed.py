@@ -57,11 +57,20 @@ def rarefy(counts, depth, seed):
     return out, keep
 
 
-def load(rarefy_depth=1000, seed=0, max_asvs=1024, max_bp=150):
-    """sleep-apnea-10422 as AmpliconData with UniFrac and `age`."""
+def load(rarefy_depth=1000, seed=0, max_asvs=1024, max_bp=150, npz=None):
+    """sleep-apnea-10422 as AmpliconData with UniFrac and `age`.
+
+    ``npz``: a cache of the arrays, read if it exists and written otherwise, so that a
+    machine without biom-format (a GPU box) can run the benchmark on the same data.
+    """
+    from q2_aam.engine.data import AmpliconData
+    if npz and Path(npz).is_file():
+        a = np.load(npz, allow_pickle=False)
+        return AmpliconData(a['counts'], a['sample_ids'], a['feature_ids'],
+                            list(a['sequences']), max_asvs=max_asvs, max_bp=max_bp,
+                            distances=a['distances'], targets=a['age'])
     import biom
     import pandas as pd
-    from q2_aam.engine.data import AmpliconData
     table = biom.load_table(str(DATA / 'table.biom'))
     sample_ids = np.asarray(table.ids('sample'))
     feature_ids = np.asarray(table.ids('observation'))
@@ -80,6 +89,11 @@ def load(rarefy_depth=1000, seed=0, max_asvs=1024, max_bp=150):
     metadata = pd.read_csv(DATA / 'metadata.tsv', sep='\t', index_col=0, dtype=str)
     metadata = metadata[~metadata.index.str.startswith('#')]
     age = metadata['age'].astype(float).reindex(sample_ids).to_numpy()
+    if npz:
+        np.savez_compressed(npz, counts=counts, sample_ids=sample_ids.astype(str),
+                            feature_ids=feature_ids.astype(str),
+                            sequences=np.asarray(sequences, dtype=str), distances=distances,
+                            age=age)
     return AmpliconData(counts, sample_ids, feature_ids, sequences, max_asvs=max_asvs,
                         max_bp=max_bp, distances=distances, targets=age)
 
@@ -96,7 +110,7 @@ def run_path(path, args):
     from q2_aam.engine.trainer import TrainSettings, Trainer, predict
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load(args.rarefy, args.seed)
+    data = load(args.rarefy, args.seed, npz=args.data_npz)
     if path == 'naive':     # the same trainer and predict(), every slot encoded separately
         data.make_batch = functools.partial(AmpliconData.make_batch, data, dedupe=False)
     rss_data = peak_rss_mb()
@@ -107,13 +121,19 @@ def run_path(path, args):
     encoded = [len(data.make_batch(b).tokens) for b in batch_indices(rows, args.batch_size)]
     size = dict(embedding_dim=128, attention_heads=4, attention_layers=4)
     settings = TrainSettings(epochs=1, batch_size=args.batch_size, quiet=True,
-                             histogram_frequency=0, random_seed=args.seed,
+                             histogram_frequency=0, random_seed=args.seed, device=args.device,
                              activation_checkpointing={'auto': None, 'on': True,
                                                        'off': False}[args.checkpointing])
     out = {'path': path, 'samples': len(data), 'train_samples': int(len(rows)),
            'median_asvs': float(np.median(data.asvs_per_sample())),
            'asv_rows_per_batch': float(np.mean(encoded)), 'threads': torch.get_num_threads()}
     out['load_before'] = os.getloadavg()[0]
+    if args.device == 'cuda':   # CUDA start-up and lazy kernel loading, outside the timing:
+        warm = AAM(AAMConfig(task='encoder', **size))    # one untimed epoch over the rows
+        Trainer(warm, data, rows, [], settings).run()
+        predict(warm, data, device='cuda')
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(args.seed)
     encoder = AAM(AAMConfig(task='encoder', **size))
     trainer = Trainer(encoder, data, rows, [], settings)
@@ -135,18 +155,24 @@ def run_path(path, args):
     out['peak_after_fit_mb'] = peak_rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     predict(regressor, data, batch_size=args.predict_batch_size,
-            dedupe_table=(path == 'dedupe'))
+            dedupe_table=(path == 'dedupe'), device=args.device)
+    if args.device == 'cuda':
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     out['predict_cpu_s'] = time.process_time() - cpu
     out['predict_s'] = seconds
     out['predict_sps'] = len(data) / seconds
     if path == 'dedupe':    # for reference: each batch encodes its own distinct ASVs
         started = time.perf_counter()
-        predict(regressor, data, batch_size=args.predict_batch_size, dedupe_table=False)
+        predict(regressor, data, batch_size=args.predict_batch_size, dedupe_table=False,
+                device=args.device)
         out['predict_batch_dedupe_sps'] = len(data) / (time.perf_counter() - started)
     out['rss_after_data_mb'] = rss_data
     out['peak_rss_mb'] = peak_rss_mb()
     out['load_after'] = os.getloadavg()[0]
+    if args.device == 'cuda':
+        out['gpu_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        out['gpu'] = torch.cuda.get_device_name()
     return out
 
 
@@ -156,7 +182,8 @@ def table(results, command):
              f"{' rarefied' if results[0].get('rarefied') else ''}, median "
              f"{results[0]['median_asvs']:.0f} ASVs per sample; model 128/4 heads/4 layers, "
              f"batch {results[0].get('batch_size', 8)}, {results[0]['train_samples']} training "
-             f"samples timed; torch threads {results[0]['threads']}", '',
+             f"samples timed; torch threads {results[0]['threads']}; device "
+             f"{results[0].get('device', 'cpu')}", '',
              '| path | ASV rows per training batch | pretrain samples/s | fit samples/s '
              '| predict samples/s | peak RSS (GiB) |',
              '|---|---|---|---|---|---|']
@@ -164,7 +191,11 @@ def table(results, command):
         lines.append(f"| {r['path']}{'' if r.get('checkpointing', 'auto') == 'auto' else ', checkpointing ' + r['checkpointing']} | {r['asv_rows_per_batch']:.0f} | {r['pretrain_sps']:.2f} | "
                      f"{r['fit_sps']:.2f} | {r['predict_sps']:.1f} | "
                      f"{r['peak_rss_mb'] / 1024:.2f} |")
-    lines.append(f"| public PyTorch port | | {REFERENCE['pretrain']} | {REFERENCE['fit']} | "
+    for r in results:
+        if 'gpu' in r:
+            lines.append(f"| (on {r['gpu']}: peak GPU memory {r['gpu_peak_mb'] / 1024:.2f} GiB) "
+                         "| | | | | |")
+    lines.append(f"| public PyTorch port, 2-core CPU | | {REFERENCE['pretrain']} | {REFERENCE['fit']} | "
                  f"{REFERENCE['predict']} | {REFERENCE['peak_gb']} GB |")
     lines += ['', 'CPU seconds per sample (contention-free cost; threads spin, so >1 thread '
               'inflates it), and the 1-minute load average before/after each path:']
@@ -204,12 +235,15 @@ def main(argv=None):
                         help='activation checkpointing of the ASV encoder in training '
                              "(the trainer's default, auto, is on for CPU)")
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--data-npz', help='array cache of the data: read if present, else '
+                                           'written (for a machine without biom-format)')
     args = parser.parse_args(argv)
     command = ' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     if args.path:
         out = run_path(args.path, args)
         out.update(rarefied=bool(args.rarefy), batch_size=args.batch_size,
-                   checkpointing=args.checkpointing)
+                   checkpointing=args.checkpointing, device=args.device)
         print(json.dumps(out))
         print(table([out], command), file=sys.stderr)
         return
