@@ -36,6 +36,59 @@ def test_relative_abundance_uses_the_whole_sample():
     np.testing.assert_allclose(data.abundances[0], [0.6])
 
 
+# -- read subsampling (rarefy augmentation) -----------------------------------------------
+
+def test_rarefied_leaves_a_shallow_sample_unchanged():
+    data = small([[0, 30, 10, 0, 60]])
+    asvs, abundances = data.rarefied(0, 100, np.random.default_rng(0))
+    np.testing.assert_array_equal(asvs, data.asvs[0])
+    np.testing.assert_array_equal(abundances, data.abundances[0])
+
+
+def test_rarefied_keeps_expected_abundances_and_drops_rare_asvs():
+    # f4 holds 1 read in 10,001: at depth 100 it is almost always lost
+    data = small([[0, 6000, 4000, 0, 1]])
+    rng = np.random.default_rng(0)
+    draws = [data.rarefied(0, 100, rng) for _ in range(400)]
+    assert sum(4 in asvs for asvs, _ in draws) < 20
+    mean = {f: np.mean([ab[list(asvs).index(f)] if f in asvs else 0.0 for asvs, ab in draws])
+            for f in (1, 2)}
+    assert mean[1] == pytest.approx(0.6, abs=0.01) and mean[2] == pytest.approx(0.4, abs=0.01)
+    for asvs, abundances in draws:
+        assert abundances.sum() == pytest.approx(1.0)     # no reads beyond max_asvs here
+        assert (abundances > 0).all()
+        assert set(asvs) <= {1, 2, 4}
+
+
+def test_rarefied_counts_reads_beyond_max_asvs_in_the_total():
+    data = small([[0, 5000, 0, 0, 5000]], max_asvs=1)
+    asvs, abundances = data.rarefied(0, 1000, np.random.default_rng(1))
+    assert list(asvs) == [1]
+    assert abundances[0] == pytest.approx(0.5, abs=0.08)   # not 1.0: f4 still counts
+
+
+def test_rarefied_keeps_the_top_asv_when_all_would_vanish():
+    data = small([[0, 1, 1, 0, 1]], max_asvs=2)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        asvs, abundances = data.rarefied(0, 0.01, rng)
+        assert len(asvs) >= 1 and asvs[0] == data.asvs[0][0] and (abundances > 0).all()
+
+
+def test_batch_with_rarefy_is_seeded_and_marks_lost_asvs_empty():
+    data = small([[0, 9000, 990, 0, 10], [500, 0, 0, 500, 0]])
+    first = data.make_batch([0, 1], rarefy=(200, np.random.default_rng(3)))
+    again = data.make_batch([0, 1], rarefy=(200, np.random.default_rng(3)))
+    assert torch.equal(first.asv_index, again.asv_index)
+    assert torch.equal(first.abundance, again.abundance)
+    plain = data.make_batch([0, 1])
+    assert not torch.equal(first.abundance, plain.abundance)
+    valid = first.asv_index >= 0
+    assert (first.abundance[valid] > 0).all() and (first.abundance[~valid] == 0).all()
+    # every sample's abundances still sum to at most one
+    assert (first.abundance.sum(1) <= 1.0 + 1e-6).all()
+
+
 def test_sparse_and_dense_tables_agree():
     counts = np.array([[0, 3, 1, 0, 2], [4, 0, 0, 1, 0]])
     dense, sparse = small(counts), small(sp.csr_matrix(counts))

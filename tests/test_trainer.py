@@ -65,6 +65,25 @@ def test_a_given_target_scale_replaces_the_training_rows_own():
     assert not np.allclose(given.validation['prediction'], own.validation['prediction'])
 
 
+def test_rarefy_depth_subsamples_the_training_batches_only():
+    data = toy_data(targets='regression', distances=False)
+    calls = []
+    make_batch = data.make_batch
+
+    def recording(rows, **kwargs):
+        calls.append((len(rows), kwargs.get('rarefy')))
+        return make_batch(rows, **kwargs)
+    data.make_batch = recording
+    depth = int(data.totals.min()) // 4
+    result = train(tiny_model('regression', 1), data, TRAIN, VAL, settings(rarefy_depth=depth))
+    training = [r for n, r in calls if r is not None]
+    assert len(training) == 2 * 2                   # 7 training rows, batch 4, 2 epochs
+    assert all(r[0] == depth for r in training)
+    assert sum(n for n, r in calls if r is None) == 2 * len(VAL)   # validation: full reads
+    _, _, plain = regression_run()
+    assert not same_state(result.state_dict, plain.state_dict)
+
+
 def test_target_scale_of_a_constant_target_is_one():
     assert target_scale([2.0, 4.0]) == (3.0, 1.0)
     assert target_scale([5.0, 5.0, 5.0]) == (5.0, 1.0)

@@ -74,7 +74,8 @@ class AmpliconData:
         # rank of each feature ID in sorted order: the deterministic tie-breaker
         id_rank = np.empty(f, dtype=np.int64)
         id_rank[np.argsort(self.feature_ids.astype(str), kind='stable')] = np.arange(f)
-        self.asvs, self.abundances = [], []
+        self.asvs, self.abundances, self.reads = [], [], []
+        self.totals = totals
         for row in range(n):
             start, end = counts.indptr[row], counts.indptr[row + 1]
             cols, vals = counts.indices[start:end], counts.data[start:end]
@@ -83,6 +84,7 @@ class AmpliconData:
             order = np.lexsort((id_rank[cols], -vals))[:self.max_asvs]
             self.asvs.append(cols[order].astype(np.int64))
             self.abundances.append((vals[order] / totals[row]).astype(np.float32))
+            self.reads.append(vals[order])
         self.distances = None if distances is None else np.asarray(distances, np.float32)
         if self.distances is not None and self.distances.shape != (n, n):
             raise ValueError(f'distances are {self.distances.shape}, expected {(n, n)}.')
@@ -96,11 +98,41 @@ class AmpliconData:
     def asvs_per_sample(self):
         return np.array([len(a) for a in self.asvs])
 
-    def make_batch(self, samples, dedupe=True, targets=None):
+    def rarefied(self, row, depth, rng):
+        """One sample's ASVs and relative abundances after subsampling its reads to about
+        ``depth`` (each read kept with probability depth / reads, binomially).
+
+        Why: an augmentation. Another draw of the same community at a lower depth loses
+        and rescales its rare ASVs, which the model should not rely on one by one. A
+        sample already at or below ``depth`` is unchanged; one that would lose every
+        kept ASV keeps its most abundant one.
+        """
+        total = self.totals[row]
+        keep_p = min(1.0, depth / total)
+        if keep_p >= 1.0:
+            return self.asvs[row], self.abundances[row]
+        reads = self.reads[row]
+        drawn = rng.binomial(reads.astype(np.int64), keep_p)
+        # reads of ASVs beyond max_asvs still count towards the sample's total
+        rest = rng.binomial(int(round(total - reads.sum())), keep_p)
+        if not drawn.any():
+            drawn = np.zeros_like(drawn)
+            drawn[0] = 1
+        present = drawn > 0
+        new_total = drawn.sum() + rest
+        return self.asvs[row][present], (drawn[present] / new_total).astype(np.float32)
+
+    def make_batch(self, samples, dedupe=True, targets=None, rarefy=None):
         """Cut a batch for these sample rows. ``dedupe=False`` encodes every slot
-        separately (the naive path, kept for benchmarks and tests)."""
+        separately (the naive path, kept for benchmarks and tests). ``rarefy``:
+        (depth, numpy Generator) subsamples each sample's reads first (see rarefied)."""
         samples = np.asarray(samples, dtype=np.int64)
-        lists = [self.asvs[i] for i in samples]
+        if rarefy is not None:
+            drawn = [self.rarefied(i, *rarefy) for i in samples]
+            lists, abundances = [d[0] for d in drawn], [d[1] for d in drawn]
+        else:
+            lists = [self.asvs[i] for i in samples]
+            abundances = [self.abundances[i] for i in samples]
         k = max(1, max(len(a) for a in lists))
         flat = np.concatenate(lists)
         if dedupe:
@@ -110,9 +142,9 @@ class AmpliconData:
         asv_index = np.full((len(samples), k), -1, dtype=np.int64)
         abundance = np.zeros((len(samples), k), dtype=np.float32)
         offset = 0
-        for b, (a, i) in enumerate(zip(lists, samples)):
+        for b, (a, values) in enumerate(zip(lists, abundances)):
             asv_index[b, :len(a)] = inverse[offset:offset + len(a)]
-            abundance[b, :len(a)] = self.abundances[i]
+            abundance[b, :len(a)] = values
             offset += len(a)
         unique_t = torch.from_numpy(unique)
         length = int(self.lengths[unique_t].max()) if len(unique) else 1

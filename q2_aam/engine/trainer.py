@@ -38,6 +38,7 @@ class TrainSettings:
     patience: int = 10
     max_grad_norm: Optional[float] = None
     nuc_mask_ratio: float = 0.15
+    rarefy_depth: int = 0                 # per-epoch read subsampling of training samples
     unifrac_weight: float = 1.0
     nuc_weight: float = 1.0
     target_weight: float = 1.0
@@ -240,9 +241,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.s.random_seed * 100003 + epoch)
         running, norms = _Running(), []
         truth, predicted = [], []
+        rarefy = ((self.s.rarefy_depth, np.random.default_rng([self.s.random_seed, epoch, 1]))
+                  if self.s.rarefy_depth else None)
         for rows in batch_indices(self.train_rows, self.s.batch_size, shuffle=True,
                                   seed=self.s.random_seed, epoch=epoch):
-            batch = self.data.make_batch(rows).to(self.device)
+            batch = self.data.make_batch(rows, rarefy=rarefy).to(self.device)
             terms, out = self._step_losses(batch, generator, frozen)
             loss = losses.total_loss(terms, self.weights)
             if loss is None:
