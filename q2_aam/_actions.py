@@ -31,6 +31,7 @@ DEFAULTS = dict(
     attention_heads=4, attention_layers=1, dropout=0.1, kmer_size=6, nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
     random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=1,
+    rarefy_depth=0,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
 FIT_NUC_WEIGHT = 0.0
@@ -177,7 +178,8 @@ def fit(
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = FIT_NUC_WEIGHT,
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
-        ensemble_size: int = D['ensemble_size']) -> SavedModel:
+        ensemble_size: int = D['ensemble_size'],
+        rarefy_depth: int = D['rarefy_depth']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if freeze_encoder and pretrained is None:
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
@@ -186,7 +188,8 @@ def fit(
     arch, max_bp = _architecture(p, pretrained)
     p.update(arch, max_bp=max_bp)
     settings = _settings(p, freeze_encoder=freeze_encoder, target_weight=p['target_weight'],
-                         regression_loss=p['regression_loss'])
+                         regression_loss=p['regression_loss'],
+                         rarefy_depth=p['rarefy_depth'])
     seed_everything(p['random_seed'])
     counts, sample_ids, feature_ids = _inputs.table_parts(table)
     seqs = _inputs.sequences_for(feature_ids, sequences)

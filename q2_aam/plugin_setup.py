@@ -84,6 +84,7 @@ fitting = {
     'regression_loss': Str % Choices(['mse', 'huber']),
     'ignore_missing_samples': Bool,
     'ensemble_size': Int % Range(1, 20, inclusive_end=True),
+    'rarefy_depth': Int % Range(0, None),
 }
 prediction = {
     'batch_size': P['positive_int'],
@@ -143,6 +144,11 @@ descriptions = {
                      'split, and average their predictions. Each model costs a full '
                      'training run; averaging reduces the variance that small studies '
                      'suffer from (see benchmarks/results.md).',
+    'rarefy_depth': 'Each epoch, subsample every training sample\'s reads to about this '
+                    'many (each read kept with probability depth / reads; 0 = off). An '
+                    'augmentation: rare ASVs come and go between epochs, so the model '
+                    'cannot lean on any one of them. Samples with fewer reads are used '
+                    'whole; validation and prediction read every read.',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }

@@ -255,6 +255,16 @@ def test_same_seed_same_model_and_predictions(tmp_path):
                            regressor().view(SavedModel).state_dict)
 
 
+def test_rarefy_depth_thins_training_reads_and_is_recorded():
+    plain = _fit(days(), rarefy_depth=0).view(SavedModel)
+    deeper = _fit(days(), rarefy_depth=10_000).view(SavedModel)   # above every sample's reads
+    assert state_equal(deeper.state_dict, plain.state_dict)         # (at most 6,770): unchanged
+    thinned = _fit(days(), rarefy_depth=500).view(SavedModel)
+    assert (plain.config['training']['rarefy_depth'],
+            thinned.config['training']['rarefy_depth']) == (0, 500)
+    assert not state_equal(thinned.state_dict, plain.state_dict)
+
+
 # -- ensembles: ensemble_size models, predictions averaged ---------------------------
 
 @pytest.fixture(scope='module')
