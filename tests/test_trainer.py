@@ -317,10 +317,12 @@ def test_freeze_encoder_trains_only_the_head():
         {'train_total_loss', 'train_target_loss', 'val_total_loss', 'val_target_loss'}
 
 
-def test_activation_checkpointing_on_cpu_by_default_and_same_weights():
-    model = tiny_model()
-    Trainer(model, toy_data(), TRAIN, VAL, settings())
-    assert model.asv_encoder.checkpoint_layers
+def test_activation_checkpointing_by_default_for_larger_models_only_same_weights():
+    small, large = tiny_model(), tiny_model(dim=128)        # 16 x 1 and 128 x 1
+    Trainer(small, toy_data(), TRAIN, VAL, settings())
+    Trainer(large, toy_data(), TRAIN, VAL, settings())
+    assert small.asv_encoder.checkpoint_layers is False
+    assert large.asv_encoder.checkpoint_layers is True
     weights = []
     for checkpointing in (True, False):
         model = tiny_model()

@@ -50,7 +50,7 @@ class TrainSettings:
     random_seed: int = 0
     device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
     threads: Optional[int] = None
-    activation_checkpointing: Optional[bool] = None   # None: on for CPU, where memory binds
+    activation_checkpointing: Optional[bool] = None   # None: see checkpoint_by_default
     histogram_frequency: int = 50         # epochs; 0 = off
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
@@ -72,6 +72,19 @@ class TrainResult:
     tensorboard: dict                     # relative path -> bytes of the event files
     train_seconds: float
     train_samples_per_second: float
+
+
+CHECKPOINT_FROM = 128   # embedding_dim x attention_layers from which CPU training checkpoints
+
+
+def checkpoint_by_default(cfg, device):
+    """Recompute the ASV encoder's layers in the backward pass (less memory, more time)?
+
+    On the CPU for models from 128 x 1 (the public AAM's 128 x 4 needs it to stay under
+    2 GB). Not for the small default (32 x 1): there it cost 40 % more CPU time and saved
+    no measurable memory (benchmarks/results.md). Not on a GPU, where memory is ample.
+    """
+    return device.type == 'cpu' and cfg.embedding_dim * cfg.attention_layers >= CHECKPOINT_FROM
 
 
 def target_scale(values):
@@ -160,8 +173,9 @@ class Trainer:
                               torch.tensor(settings.class_weights, dtype=torch.float32,
                                            device=self.device))
         checkpointing = settings.activation_checkpointing
-        model.asv_encoder.checkpoint_layers = (self.device.type == 'cpu' if checkpointing is None
-                                               else bool(checkpointing))
+        model.asv_encoder.checkpoint_layers = (
+            checkpoint_by_default(model.cfg, self.device) if checkpointing is None
+            else bool(checkpointing))
         model.to(self.device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optim.make_optimizer(settings.optimizer, trainable,
