@@ -15,9 +15,25 @@ TITLES = {'encoder': 'UniFrac distances of validation sample pairs',
           'classification': 'Confusion matrix of the validation samples'}
 
 
+def ensemble_validation(model: SavedModel):
+    """One validation row per sample: for an ensemble, its members' predictions averaged
+    (class probabilities averaged, then the likeliest class), as predict would give."""
+    table = model.validation
+    if model.ensemble_size == 1 or 'member' not in table:
+        return table
+    grouped = table.drop(columns='member').groupby(level=0, sort=False)
+    if model.task == 'regression':
+        return grouped.agg({'truth': 'first', 'prediction': 'mean'})
+    labels = list(model.config['labels'])
+    combined = grouped[[f'prob:{name}' for name in labels]].mean()
+    combined.insert(0, 'prediction', [labels[i] for i in combined.to_numpy().argmax(1)])
+    combined.insert(0, 'truth', grouped['truth'].first())
+    return combined
+
+
 def _figure(model: SavedModel):
     """The best epoch's validation figure and its metrics, or (None, {}) without validation."""
-    table = model.validation
+    table = ensemble_validation(model)
     if table is None or len(table) == 0:
         return None, {}
     if model.task == 'classification':
@@ -44,13 +60,15 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
         plots.save_figure(figure, os.path.join(output_dir, 'validation'))
         title = TITLES[model.task]
         if model.ensemble_size > 1:
-            title += ' (each ensemble member on its own validation split)'
+            title += f' (the {model.ensemble_size} ensemble members\' predictions averaged)'
         figures.append(('validation', title))
     history = model.history
     if len(history):
         plots.save_figure(plots.loss_curves_figure(history), os.path.join(output_dir, 'losses'))
         figures.append(('losses', 'Training and validation loss per epoch'))
-    model.validation.to_csv(os.path.join(output_dir, 'validation.tsv'), sep='\t')
+    ensemble_validation(model).to_csv(os.path.join(output_dir, 'validation.tsv'), sep='\t')
+    if model.ensemble_size > 1:
+        model.validation.to_csv(os.path.join(output_dir, 'validation-by-member.tsv'), sep='\t')
     history.to_csv(os.path.join(output_dir, 'history.tsv'), sep='\t', index=False)
     config = model.config
     summary = [('task', model.task), ('best epoch', config.get('best_epoch')),

@@ -140,10 +140,11 @@ descriptions = {
     'regression_loss': 'Loss on the standardised target: mse, or huber (less sensitive to '
                        'outliers).',
     'ensemble_size': 'Train this many models, each with its own seed (random_seed, '
-                     'random_seed + 1, ...) and so its own initial weights and validation '
-                     'split, and average their predictions. Each model costs a full '
-                     'training run; averaging reduces the variance that small studies '
-                     'suffer from (see benchmarks/results.md).',
+                     'random_seed + 1, ...) and so its own initial weights, batch order '
+                     'and read subsampling, on the same validation split, and average '
+                     'their predictions. Each model costs a full training run; averaging '
+                     'reduces the run-to-run variance that small studies suffer from (see '
+                     'benchmarks/results.md). 1 = a single model.',
     'rarefy_depth': 'Each epoch, subsample every training sample\'s reads to about this '
                     'many (each read kept with probability depth / reads; 0 = off). An '
                     'augmentation: rare ASVs come and go between epochs, so the model '

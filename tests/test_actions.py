@@ -12,7 +12,7 @@ from plugin_fixtures import (TINY, TINY_TRAIN, SHARED_DATA, action_yaml, biom_ta
                              body_site, classifier, days, distances, encoder, metadata,
                              observed_features, regressor, regressor_predictions, rep_seqs,
                              sequences_series, split, state_equal, table, held_out_ids)
-from plugin_fixtures import _fit
+from plugin_fixtures import SINGLE, _fit
 
 from qiime2.plugins.aam.methods import fit, predict, predict_probabilities, pretrain
 from qiime2.plugins.aam.visualizers import plot_validation
@@ -82,7 +82,7 @@ def test_fit_categorical_column_gives_a_classifier():
 def test_fit_with_frozen_encoder_keeps_the_pretrained_weights():
     train_table, train_seqs, _, _ = split()
     model, = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
-                 pretrained=encoder(), freeze_encoder=True, **TINY_TRAIN)
+                 pretrained=encoder(), freeze_encoder=True, **TINY_TRAIN, **SINGLE)
     pretrained = encoder().view(SavedModel).state_dict
     fitted = model.view(SavedModel).state_dict
     assert state_equal(_encoder_part(fitted), _encoder_part(pretrained))
@@ -98,7 +98,7 @@ def test_fit_from_an_encoder_starts_from_its_weights():
     pretrained weights, while a fit from scratch starts elsewhere."""
     train_table, train_seqs, _, _ = split()
     model, = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 pretrained=encoder(), **{**TINY_TRAIN, 'learning_rate': 1e-12})
+                 pretrained=encoder(), **{**TINY_TRAIN, **SINGLE, 'learning_rate': 1e-12})
     pretrained = _encoder_part(encoder().view(SavedModel).state_dict)
     fitted = _encoder_part(model.view(SavedModel).state_dict)
     assert set(fitted) == set(pretrained)
@@ -198,7 +198,7 @@ def test_alpha_diversity_adds_a_pretraining_target():
     # the alpha head is not carried into a fit: a 4-class head replaces it
     train_table, train_seqs, _, _ = split()
     fitted, = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
-                  pretrained=model, **TINY_TRAIN)
+                  pretrained=model, **TINY_TRAIN, **SINGLE)
     assert fitted.view(SavedModel).state_dict['target_head.3.weight'].shape[0] == 4
 
 
@@ -241,7 +241,7 @@ def test_same_seed_same_model_and_predictions(tmp_path):
     train_table, train_seqs, test_table, test_seqs = split()
     live = tmp_path / 'live-logs'
     again, = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 **{**TINY, 'tensorboard_dir': str(live)})
+                 **{**TINY, **SINGLE, 'tensorboard_dir': str(live)})
     assert state_equal(again.view(SavedModel).state_dict, regressor().view(SavedModel).state_dict)
     first = regressor_predictions().view(pd.Series)
     second = predict(model=again, table=test_table, sequences=test_seqs).predictions \
@@ -250,7 +250,7 @@ def test_same_seed_same_model_and_predictions(tmp_path):
     assert list(live.rglob('events.out.tfevents.*'))
     # another seed gives another model
     other, = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 **{**TINY, 'random_seed': 2})
+                 **{**TINY, **SINGLE, 'random_seed': 2})
     assert not state_equal(other.view(SavedModel).state_dict,
                            regressor().view(SavedModel).state_dict)
 
@@ -286,19 +286,34 @@ def test_ensemble_members_are_the_fits_of_consecutive_seeds(regressor_ensemble):
     assert len(saved.config['best_epoch']) == len(saved.config['epochs_run']) == 3
     first, _, third = saved.member_states()
     assert state_equal(first, regressor().view(SavedModel).state_dict)
-    assert state_equal(third, _fit(days(), random_seed=3).view(SavedModel).state_dict)
+    # member 2 is the model of seed 3 trained on the split of seed 1
+    assert not state_equal(third, first)
+    assert not state_equal(third, _fit(days(), random_seed=3).view(SavedModel).state_dict)
     # every member's epochs and validation rows, told apart by member
     assert saved.history['member'].tolist() == [0, 1, 2]          # one epoch each
     by_member = saved.validation.groupby('member')
     assert sorted(by_member.groups) == [0, 1, 2]
-    splits = [frozenset(rows.index) for _, rows in by_member]
-    assert len(set(splits)) == 3, 'each member draws its own validation split'
+    splits = {frozenset(rows.index) for _, rows in by_member}
+    assert len(splits) == 1, 'the members share the validation split of random_seed'
+    predictions = [rows['prediction'].to_numpy() for _, rows in by_member]
+    assert not np.allclose(predictions[0], predictions[1])
     assert {path.split('/')[0] for path in saved.tensorboard} == \
         {'member-0', 'member-1', 'member-2'}
 
 
+def _member_artifact(ensemble, member):
+    """One member of an ensemble artifact as a single-model artifact of its own."""
+    saved = ensemble.view(SavedModel)
+    config = {**saved.config, 'ensemble_size': 1, 'best_epoch': saved.config['best_epoch'][member],
+              'epochs_run': saved.config['epochs_run'][member]}
+    single = SavedModel(config, saved.member_states()[member])
+    return qiime2.Artifact.import_data(str(ensemble.type), single)
+
+
 def test_ensemble_predicts_the_mean_of_its_members(regressor_ensemble):
-    members = [regressor(), _fit(days(), random_seed=2), _fit(days(), random_seed=3)]
+    members = [_member_artifact(regressor_ensemble, m) for m in range(3)]
+    assert state_equal(members[0].view(SavedModel).state_dict,
+                       regressor().view(SavedModel).state_dict)
     expected = pd.concat([_predictions(m) for m in members], axis=1).mean(axis=1)
     got = _predictions(regressor_ensemble)
     assert sorted(got.index) == sorted(held_out_ids())
@@ -311,7 +326,7 @@ def test_ensemble_predicts_the_mean_of_its_members(regressor_ensemble):
 def test_classifier_ensemble_averages_probabilities():
     _, _, test_table, test_seqs = split()
     ensemble = _fit(body_site(), ensemble_size=2)
-    members = [_fit(body_site(), random_seed=seed) for seed in (1, 2)]
+    members = [_member_artifact(ensemble, m) for m in (0, 1)]
     probabilities = [predict_probabilities(model=m, table=test_table, sequences=test_seqs)
                      .probabilities.view(pd.DataFrame) for m in [ensemble] + members]
     averaged = (probabilities[1] + probabilities[2]) / 2
@@ -326,10 +341,33 @@ def test_plot_validation_of_an_ensemble(regressor_ensemble, tmp_path):
     visualization.export_data(str(tmp_path))
     html = (tmp_path / 'index.html').read_text()
     assert '<tr><th>ensemble members</th><td>3</td></tr>' in html
-    assert '(each ensemble member on its own validation split)' in html
-    validation = regressor_ensemble.view(SavedModel).validation
-    assert f'<tr><th>validation samples</th><td>{validation.index.nunique()}</td></tr>' in html
-    assert len(validation) == 3 * round(0.2 * (34 - len(held_out_ids())))
+    assert "(the 3 ensemble members' predictions averaged)" in html
+    n_val = round(0.2 * (34 - len(held_out_ids())))
+    assert f'<tr><th>validation samples</th><td>{n_val}</td></tr>' in html
+    by_member = pd.read_csv(tmp_path / 'validation-by-member.tsv', sep='\t', index_col=0)
+    assert len(by_member) == 3 * n_val
+    shown = pd.read_csv(tmp_path / 'validation.tsv', sep='\t', index_col=0)
+    assert len(shown) == n_val
+    expected = by_member.groupby(level=0)['prediction'].mean()
+    np.testing.assert_allclose(shown['prediction'], expected.reindex(shown.index), rtol=1e-6)
+    # the r2 in the summary is the averaged prediction's
+    from q2_aam.engine.metrics import regression_metrics
+    r2 = regression_metrics(shown['truth'].to_numpy(), shown['prediction'].to_numpy())['r2']
+    assert f'<tr><th>r2</th><td>{r2:.4f}</td></tr>' in html
+
+
+def test_ensemble_validation_of_a_classifier_averages_probabilities():
+    from q2_aam._visualizers import ensemble_validation
+    config = {'task': 'classification', 'labels': ['a', 'b'], 'ensemble_size': 2}
+    table = pd.DataFrame({'truth': ['a', 'a', 'b', 'b'], 'prediction': ['a', 'b', 'b', 'a'],
+                          'prob:a': [0.9, 0.4, 0.2, 0.6], 'prob:b': [0.1, 0.6, 0.8, 0.4],
+                          'member': [0, 1, 0, 1]},
+                         index=pd.Index(['s1', 's1', 's2', 's2'], name='sample-id'))
+    combined = ensemble_validation(SavedModel(config, {}, validation=table))
+    assert list(combined.index) == ['s1', 's2']
+    assert combined['truth'].tolist() == ['a', 'b']
+    np.testing.assert_allclose(combined['prob:a'], [0.65, 0.4])
+    assert combined['prediction'].tolist() == ['a', 'b']
 
 
 # -- plot_validation and q2-sample-classifier's visualizers --------------------------
