@@ -157,6 +157,7 @@ class AAMVariant:
     unifrac_weight: float = 0.0      # UniFrac loss while fitting (training samples only)
     rarefy: int = 0                  # per-epoch read subsampling depth (0 = off)
     ensemble: int = 1                # models (seeds) averaged
+    member_splits: bool = False      # each member its own validation split (fit: shared)
     max_grad_norm: float = 1.0
     extra: dict = field(default_factory=dict)   # other TrainSettings fields
 
@@ -176,10 +177,12 @@ class LinearVariant:
 
 # The plugin's defaults (q2_aam/_actions.py DEFAULTS): k-mer profile + composition path,
 # embedding 32, 4 heads, 1 layer, 128 ASVs, batch 16, lr 3e-3, 60 epochs, patience 10,
-# no masked-nucleotide loss while fitting.
+# no masked-nucleotide loss while fitting, reads subsampled to 2,000 per epoch, an ensemble
+# of seeds' models (sharing one validation split) averaged.
 DEFAULT = dict(embedding_dim=32, attention_heads=4, attention_layers=1, max_asvs=128,
                batch_size=16, epochs=60, learning_rate=3e-3, patience=10, nuc_weight=0.0,
-               max_grad_norm=1.0, pretrain_epochs=20, pretrain_lr=3e-3)
+               max_grad_norm=1.0, pretrain_epochs=20, pretrain_lr=3e-3, ensemble=5,
+               rarefy=2000)
 # Tuned on sleep-apnea fold 0 for the model before the k-mer profile (see results.md,
 # "Levers"): pretraining on the training samples' UniFrac, then a head on the frozen encoder.
 TUNED_BEFORE_KMERS = dict(embedding_dim=32, attention_layers=1, max_asvs=64, batch_size=16,
@@ -213,11 +216,9 @@ def _settings(v, seed, epochs, lr, pretraining, quiet=True, threads=None):
               histogram_frequency=0, quiet=quiet, threads=threads)
     if pretraining:
         kw.update(nuc_weight=v.pretrain_nuc_weight)
-    else:
+    else:   # read subsampling is a fit option (pretrain has none)
         kw.update(nuc_weight=v.nuc_weight, unifrac_weight=v.unifrac_weight,
-                  freeze_encoder=v.freeze_encoder)
-    if v.rarefy:
-        kw['rarefy_depth'] = v.rarefy
+                  freeze_encoder=v.freeze_encoder, rarefy_depth=v.rarefy)
     kw.update(v.extra)
     return TrainSettings(**kw)
 
@@ -249,12 +250,14 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions."""
     import torch
     from q2_aam.engine.model import AAM, AAMConfig, load_encoder_weights
-    from q2_aam.engine.trainer import predict, train
-    fit_rows, val_rows = inner_validation(ds, train_rows, seed=fold)
+    from q2_aam.engine.trainer import predict, target_scale, train
     # local row numbers inside the training-only data
     local = {r: i for i, r in enumerate(train_rows)}
-    fit_local = np.array([local[r] for r in fit_rows])
-    val_local = np.array([local[r] for r in val_rows])
+
+    def split(member):
+        seed = fold + 7919 * member if v.member_splits else fold
+        fit_rows, val_rows = inner_validation(ds, train_rows, seed=seed)
+        return (np.array([local[r] for r in fit_rows]), np.array([local[r] for r in val_rows]))
     n_out = 1 if ds.task == 'regression' else len(ds.classes)
     pre_epochs = max(2, v.pretrain_epochs // 5) if quick else v.pretrain_epochs
     fit_epochs = max(2, v.epochs // 5) if quick else v.epochs
@@ -262,32 +265,38 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
                               v.unifrac_weight > 0, with_targets=True)
     test_data = _subset_data(ds, test_rows, v.max_asvs)
     outputs, seen, seconds, info = [], 0, 0.0, {}
+    arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
+                attention_layers=v.attention_layers, dropout=v.dropout)
+    encoder_state = None
+    # one encoder per fold, shared by the ensemble's members, as `fit --i-pretrained` shares it
+    key = (ds.name, fold, quick, tuple(sorted(arch.items())), v.max_asvs,
+           v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
+           v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm, v.rarefy)
+    if v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
+        encoder_state = _PRETRAINED[key]
+    elif v.pretrain:
+        torch.manual_seed(1000 * fold)
+        np.random.seed(1000 * fold)
+        enc = AAM(AAMConfig(task='encoder', n_outputs=0, **arch))
+        r = train(enc, train_data, *split(0),
+                  _settings(v, 1000 * fold, pre_epochs, v.pretrain_lr, True),
+                  on_epoch_end=_epoch_logger('pretrain'))
+        encoder_state = _PRETRAINED[key] = r.state_dict
+        seen += r.train_samples_per_second * r.train_seconds
+        seconds += r.train_seconds
+        info['pre_best_epoch'] = r.best_epoch
     for member in range(v.ensemble):
         seed = 1000 * fold + member
+        fit_local, val_local = split(member)
         torch.manual_seed(seed)
         np.random.seed(seed)
-        arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
-                    attention_layers=v.attention_layers, dropout=v.dropout)
-        encoder_state = None
-        key = (ds.name, fold, member, quick, tuple(sorted(arch.items())), v.max_asvs,
-               v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
-               v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm, v.rarefy)
-        if v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
-            encoder_state = _PRETRAINED[key]
-        elif v.pretrain:
-            enc = AAM(AAMConfig(task='encoder', n_outputs=0, **arch))
-            r = train(enc, train_data, fit_local, val_local,
-                      _settings(v, seed, pre_epochs, v.pretrain_lr, True),
-                      on_epoch_end=_epoch_logger('pretrain'))
-            encoder_state = _PRETRAINED[key] = r.state_dict
-            seen += r.train_samples_per_second * r.train_seconds
-            seconds += r.train_seconds
-            info['pre_best_epoch'] = r.best_epoch
         model = AAM(AAMConfig(task=ds.task, n_outputs=n_out, **arch))
         if encoder_state is not None:
             load_encoder_weights(model, encoder_state)
-        r = train(model, train_data, fit_local, val_local,
-                  _settings(v, seed, fit_epochs, v.learning_rate, False),
+        settings = _settings(v, seed, fit_epochs, v.learning_rate, False)
+        if ds.task == 'regression':   # fit's scale: every training sample, shared by members
+            settings.target_scale = target_scale(ds.y[train_rows])
+        r = train(model, train_data, fit_local, val_local, settings,
                   class_names=ds.classes, on_epoch_end=_epoch_logger('fit'))
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds
@@ -303,6 +312,9 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
             outputs.append(torch.softmax(torch.from_numpy(out), -1).numpy())
         if log:
             log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
+    # the ensembles of the first 1, 2, ... members, scored by evaluate(): one run gives the
+    # whole ensemble-size curve, since member m is the same model in every ensemble size
+    info['first_members'] = [np.mean(outputs[:m], axis=0) for m in range(1, len(outputs) + 1)]
     info['train_samples_per_second'] = seen / seconds if seconds else float('nan')
     return np.mean(outputs, axis=0), info
 
@@ -395,6 +407,9 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         log(f'  {ds.name} {name} fold {fold}: ' +
             ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
             f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
+        for m, partial in enumerate(info.get('first_members', [])[:-1], start=1):
+            log(f'    first {m} member{"s" if m > 1 else ""}: ' + ' '.join(
+                f'{k}={v:.3f}' for k, v in score(ds, ds.y[te], partial).items()))
     row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores)}
     for k in scores[0]:
         vals = np.array([s[k] for s in scores])

@@ -65,7 +65,12 @@ training = model.config['training']
 print()
 print('q2-aam demo summary')
 print(f"  training samples      {training['samples']} (validation split {training['validation_size']})")
-print(f"  epochs run / best     {model.config['epochs_run']} / {model.config['best_epoch']}")
+runs, best = model.config['epochs_run'], model.config['best_epoch']
+if model.ensemble_size > 1:   # one value per member
+    print(f"  models averaged       {model.ensemble_size} (seeds {training['random_seed']} "
+          f"to {training['random_seed'] + model.ensemble_size - 1})")
+    runs, best = ', '.join(map(str, runs)), ', '.join(map(str, best))
+print(f"  epochs run / best     {runs} / {best}")
 print(f"  held-out samples      {len(pred)}; body site right for {correct} "
       f"(accuracy {correct / len(pred):.2f}; random forest on the same split: ~0.57)")
 print(f'  wall time             {time.time() - started:.0f} s')

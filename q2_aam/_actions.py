@@ -30,8 +30,8 @@ DEFAULTS = dict(
     max_grad_norm=1.0, validation_size=0.2, max_asvs=128, max_bp=150, embedding_dim=32,
     attention_heads=4, attention_layers=1, dropout=0.1, kmer_size=6, nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
-    random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=1,
-    rarefy_depth=0,
+    random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=5,
+    rarefy_depth=2000,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
 FIT_NUC_WEIGHT = 0.0

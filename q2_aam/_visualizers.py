@@ -19,7 +19,7 @@ def ensemble_validation(model: SavedModel):
     """One validation row per sample: for an ensemble, its members' predictions averaged
     (class probabilities averaged, then the likeliest class), as predict would give."""
     table = model.validation
-    if model.ensemble_size == 1 or 'member' not in table:
+    if model.ensemble_size == 1 or 'member' not in table or len(table) == 0:
         return table
     grouped = table.drop(columns='member').groupby(level=0, sort=False)
     if model.task == 'regression':

@@ -438,4 +438,9 @@ def test_fit_with_distances_and_without_validation(tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {'index.html', 'losses.png', 'history.tsv', 'validation.tsv'} <= names
     assert 'validation.png' not in names
-    assert '<tr><th>validation samples</th><td>0</td></tr>' in (out / 'index.html').read_text()
+    html = (out / 'index.html').read_text()
+    assert '<tr><th>validation samples</th><td>0</td></tr>' in html
+    # fit's default is an ensemble: without validation its members differ by seed alone
+    from q2_aam._actions import DEFAULTS
+    assert saved.ensemble_size == DEFAULTS['ensemble_size'] > 1
+    assert f"<tr><th>ensemble members</th><td>{DEFAULTS['ensemble_size']}</td></tr>" in html
