@@ -195,7 +195,8 @@ def table(results, command):
         if 'gpu' in r:
             lines.append(f"| (on {r['gpu']}: peak GPU memory {r['gpu_peak_mb'] / 1024:.2f} GiB) "
                          "| | | | | |")
-    lines.append(f"| public PyTorch port, 2-core CPU | | {REFERENCE['pretrain']} | {REFERENCE['fit']} | "
+    lines.append(f"| public PyTorch port, 2-core CPU | | {REFERENCE['pretrain']} | "
+                 f"{REFERENCE['fit']} | "
                  f"{REFERENCE['predict']} | {REFERENCE['peak_gb']} GB |")
     lines += ['', 'CPU seconds per sample (contention-free cost; threads spin, so >1 thread '
               'inflates it), and the 1-minute load average before/after each path:']

@@ -75,7 +75,7 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
                ('epochs run', config.get('epochs_run')),
                ('training samples', config.get('training', {}).get('samples')),
                ('validation samples', model.validation.index.nunique())]
-    if model.ensemble_size > 1:    # each member validated on its own split
+    if model.ensemble_size > 1:    # the figure and scores are the members' average
         summary.insert(1, ('ensemble members', model.ensemble_size))
     if config.get('training', {}).get('target_column'):
         summary.append(('metadata column', config['training']['target_column']))

@@ -615,4 +615,5 @@ def _read_tree(directory):
 
 
 __all__ = ['TrainSettings', 'TrainResult', 'Trainer', 'train', 'predict', 'encode_all_asvs',
-           'average_predictions', 'target_scale', 'seed_everything', 'resolve_device', 'validation_figure']
+           'average_predictions', 'target_scale', 'seed_everything', 'resolve_device',
+           'validation_figure']
