@@ -209,7 +209,9 @@ plugin.methods.register_function(
     outputs=[('model', T_model)],
     input_descriptions={
         **input_descriptions_common,
-        'pretrained': 'An encoder from `pretrain` to start from (recommended).',
+        'pretrained': 'An encoder from `pretrain` to start from. Optional: on the '
+                      'benchmark studies, pretrained on their labelled samples only, fitting '
+                      'from scratch did as well or better (benchmarks/results.md).',
         'distance_matrix': 'Optional distances between samples: keeps the UniFrac loss on '
                            'while fitting.'},
     parameter_descriptions={
