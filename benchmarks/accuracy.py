@@ -271,7 +271,7 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     # one encoder per fold, shared by the ensemble's members, as `fit --i-pretrained` shares it
     key = (ds.name, fold, quick, tuple(sorted(arch.items())), v.max_asvs,
            v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
-           v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm, v.rarefy)
+           v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm)
     if v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
         encoder_state = _PRETRAINED[key]
     elif v.pretrain:

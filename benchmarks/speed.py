@@ -234,7 +234,7 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=0, help="torch threads; 0 = torch's")
     parser.add_argument('--checkpointing', choices=['auto', 'on', 'off'], default='auto',
                         help='activation checkpointing of the ASV encoder in training '
-                             "(the trainer's default, auto, is on for CPU)")
+                             "(the trainer's default, auto, is on for CPU at this size)")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--data-npz', help='array cache of the data: read if present, else '

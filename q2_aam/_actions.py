@@ -17,8 +17,8 @@ from .engine import checkpoint, optim
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights
-from .engine.trainer import TrainSettings, average_predictions, predict as engine_predict, \
-    resolve_device, seed_everything, target_scale, train
+from .engine.trainer import TrainSettings, average_predictions, class_probabilities, \
+    predict as engine_predict, resolve_device, seed_everything, target_scale, train
 
 # Defaults, shared with plugin_setup.py so that the signature and the help agree. They are
 # the settings measured in benchmarks/results.md: a small model that trains in minutes on
@@ -281,7 +281,6 @@ def predict_probabilities(model: SavedModel, table: biom.Table, sequences: pd.Se
         raise ValueError('This model is a regressor: it has no class probabilities. Use '
                          '`qiime aam predict` for its predictions.')
     index, raw = _predict_outputs(model, table, sequences, batch_size, device, threads)
-    shifted = raw - raw.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probabilities = class_probabilities(raw)
     return pd.DataFrame(probabilities.astype(np.float64), index=index,
                         columns=list(model.config['labels']))

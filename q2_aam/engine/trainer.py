@@ -548,6 +548,12 @@ def predict(model, data, rows=None, batch_size=64, device='cpu', dedupe_table=Tr
     return result
 
 
+def class_probabilities(raw):
+    """Softmax over the last axis of raw classifier outputs (numpy, overflow-safe)."""
+    shifted = np.exp(raw - raw.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def average_predictions(outputs, kind):
     """Several models' raw head outputs (each (n, n_outputs)) -> one array of that shape.
 
@@ -558,9 +564,7 @@ def average_predictions(outputs, kind):
     stacked = np.stack([np.asarray(o, np.float64) for o in outputs])   # (M, n, C)
     if kind != 'classification':
         return stacked.mean(0)
-    shifted = stacked - stacked.max(axis=2, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=2, keepdims=True)
-    return np.log(probabilities.mean(0))
+    return np.log(class_probabilities(stacked).mean(0))
 
 
 def validation_figure(table, kind, class_names=None):
@@ -615,5 +619,5 @@ def _read_tree(directory):
 
 
 __all__ = ['TrainSettings', 'TrainResult', 'Trainer', 'train', 'predict', 'encode_all_asvs',
-           'average_predictions', 'target_scale', 'seed_everything', 'resolve_device',
+           'average_predictions', 'class_probabilities', 'target_scale', 'seed_everything', 'resolve_device',
            'validation_figure']
