@@ -69,11 +69,13 @@ def _training_record(p, settings, samples, extra=None):
     return record
 
 
-def _run(model, data, settings, validation_size, seed, stratify=None, class_names=None):
+def _run(model, data, settings, validation_size, seed, stratify=None, class_names=None,
+         announce=True):
     train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
                                          seed=seed)
-    _inputs.note(f'training on {len(train_rows)} samples, validating on {len(val_rows)}; '
-                 f'{len(data.feature_ids)} distinct ASVs.')
+    if announce:   # once per action: ensemble members share this split
+        _inputs.note(f'training on {len(train_rows)} samples, validating on '
+                     f'{len(val_rows)}; {len(data.feature_ids)} distinct ASVs.')
     return train(model, data, train_rows, val_rows, settings, class_names=class_names)
 
 
@@ -242,7 +244,7 @@ def _fit_member(cfg, pretrained, data, settings, p, member, stratify, class_name
     if pretrained is not None:
         load_encoder_weights(model, pretrained.state_dict)
     return _run(model, data, settings, p['validation_size'], p['random_seed'],
-                stratify=stratify, class_names=class_names)
+                stratify=stratify, class_names=class_names, announce=member == 0)
 
 
 def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):

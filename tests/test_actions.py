@@ -301,6 +301,15 @@ def test_ensemble_members_are_the_fits_of_consecutive_seeds(regressor_ensemble):
         {'member-0', 'member-1', 'member-2'}
 
 
+def test_ensemble_announces_its_split_once_and_each_member(capsys):
+    _fit(days(), ensemble_size=2)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith('q2-aam: ')]
+    assert sum('training on' in line for line in lines) == 1, lines
+    assert [line for line in lines if 'ensemble member' in line] == [
+        'q2-aam: ensemble member 1 of 2 (seed 1)', 'q2-aam: ensemble member 2 of 2 (seed 2)']
+
+
 def _member_artifact(ensemble, member):
     """One member of an ensemble artifact as a single-model artifact of its own."""
     saved = ensemble.view(SavedModel)
