@@ -86,6 +86,7 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     with importlib.resources.as_file(template) as path:     # renders to output_dir/index.html
         q2templates.render(str(path), output_dir, context={
             'title': f'q2-aam {model.task} model',
+            'has_validation': len(model.validation) > 0,
             'summary': [(html.escape(str(k)), html.escape(str(v))) for k, v in summary],
             'figures': figures,
             'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)

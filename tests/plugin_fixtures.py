@@ -26,8 +26,9 @@ DATA = Path(str(importlib.resources.files('q2_aam') / 'data' / 'moving-pictures'
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
 TINY_ARCH = dict(embedding_dim=16, attention_heads=2, attention_layers=1)
+# validation_size 0.2 (pretrain's default; fit's is 0) so that tests see validation tables
 TINY_TRAIN = dict(epochs=1, batch_size=8, max_asvs=32, random_seed=1, device='cpu',
-                  threads=1)
+                  threads=1, validation_size=0.2)
 TINY = {**TINY_ARCH, **TINY_TRAIN}
 SINGLE = {'ensemble_size': 1}        # fit's default trains an ensemble; most tests want one
 # the same settings as q2cli options

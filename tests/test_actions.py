@@ -398,6 +398,7 @@ def test_plot_validation(make, title, metrics, column, tmp_path):
     html = (out / 'index.html').read_text()
     assert f'q2-aam {title} model' in html
     assert 'best epoch' in html
+    assert 'lowest validation loss' in html and 'held no samples out' not in html
     for metric in metrics:
         assert f'<th>{metric}</th>' in html, metric
     if column:
@@ -431,11 +432,14 @@ def test_sample_classifier_scatterplot_accepts_predictions(tmp_path):
 
 
 def test_fit_with_distances_and_without_validation(tmp_path):
-    """A distance matrix keeps the UniFrac loss on while fitting; validation_size 0 trains
-    on every sample, and plot_validation then shows the loss curves only."""
+    """A distance matrix keeps the UniFrac loss on while fitting; fit's default,
+    validation_size 0, trains on every sample, and plot_validation then shows the loss
+    curves and says why there is no validation figure."""
+    settings = {k: v for k, v in TINY.items() if k != 'validation_size'}
     model, = fit(table=table(), sequences=rep_seqs(), metadata=body_site(),
-                 distance_matrix=distances(), **{**TINY, 'validation_size': 0.0})
+                 distance_matrix=distances(), **settings)
     saved = model.view(SavedModel)
+    assert saved.config['training']['validation_size'] == 0.0
     assert {'train_unifrac_loss', 'train_target_loss'} <= set(saved.history)
     assert not any(c.startswith('val_') for c in saved.history)
     assert len(saved.validation) == 0
@@ -449,6 +453,8 @@ def test_fit_with_distances_and_without_validation(tmp_path):
     assert 'validation.png' not in names
     html = (out / 'index.html').read_text()
     assert '<tr><th>validation samples</th><td>0</td></tr>' in html
+    assert 'This model held no samples out for validation' in html
+    assert '--p-validation-size 0.2' in html
     # fit's default is an ensemble: without validation its members differ by seed alone
     from q2_aam._actions import DEFAULTS
     assert saved.ensemble_size == DEFAULTS['ensemble_size'] > 1

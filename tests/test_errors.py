@@ -161,8 +161,8 @@ def test_a_class_with_one_sample_when_stratifying():
     assert _ids_shown(message, ['rare', 'odd'])
     assert '--p-validation-size 0' in message
     # the advice works: without a validation split the single-sample classes are fine
-    model, = fit(table=table(), sequences=rep_seqs(), metadata=column, validation_size=0.0,
-                 **TINY)
+    model, = fit(table=table(), sequences=rep_seqs(), metadata=column,
+                 **{**TINY, 'validation_size': 0.0})
     assert model.view(SavedModel).config['labels'] == ['a', 'b', 'odd', 'rare']
 
 
