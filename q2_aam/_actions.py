@@ -78,8 +78,10 @@ def _run(model, data, settings, validation_size, seed, stratify=None, class_name
     train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
                                          seed=seed)
     if announce:   # once per action: ensemble members share this split
-        _inputs.note(f'training on {len(train_rows)} samples, validating on '
-                     f'{len(val_rows)}; {len(data.feature_ids)} distinct ASVs.')
+        held_out = (f'validating on {len(val_rows)}' if len(val_rows) else
+                    'no validation split (every sample, every epoch)')
+        _inputs.note(f'training on {len(train_rows)} samples, {held_out}; '
+                     f'{len(data.feature_ids)} distinct ASVs.')
     return train(model, data, train_rows, val_rows, settings, class_names=class_names)
 
 

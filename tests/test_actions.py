@@ -431,7 +431,7 @@ def test_sample_classifier_scatterplot_accepts_predictions(tmp_path):
     assert (tmp_path / 'sc' / 'index.html').is_file()
 
 
-def test_fit_with_distances_and_without_validation(tmp_path):
+def test_fit_with_distances_and_without_validation(tmp_path, capsys):
     """A distance matrix keeps the UniFrac loss on while fitting; fit's default,
     validation_size 0, trains on every sample, and plot_validation then shows the loss
     curves and says why there is no validation figure."""
@@ -440,6 +440,8 @@ def test_fit_with_distances_and_without_validation(tmp_path):
                  distance_matrix=distances(), **settings)
     saved = model.view(SavedModel)
     assert saved.config['training']['validation_size'] == 0.0
+    assert ('q2-aam: training on 34 samples, no validation split (every sample, every '
+            'epoch)') in capsys.readouterr().out
     assert {'train_unifrac_loss', 'train_target_loss'} <= set(saved.history)
     assert not any(c.startswith('val_') for c in saved.history)
     assert len(saved.validation) == 0
