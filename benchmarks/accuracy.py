@@ -268,7 +268,7 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions."""
     import torch
     from q2_aam.engine.model import AAM, AAMConfig, load_encoder_weights
-    from q2_aam.engine.trainer import predict, target_scale, train
+    from q2_aam.engine.trainer import class_probabilities, predict, target_scale, train
     # local row numbers inside the training-only data
     local = {r: i for i, r in enumerate(train_rows)}
 
@@ -329,7 +329,7 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
         if ds.task == 'regression':
             outputs.append(out[:, 0] * r.target_std + r.target_mean)
         else:
-            outputs.append(torch.softmax(torch.from_numpy(out), -1).numpy())
+            outputs.append(class_probabilities(out))
         if log:
             log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
     # the ensembles of the first 1, 2, ... members, scored by evaluate(): one run gives the

@@ -73,16 +73,16 @@ def _training_record(p, settings, samples, extra=None):
     return record
 
 
-def _run(model, data, settings, validation_size, seed, stratify=None, class_names=None,
-         announce=True):
+def _split(data, validation_size, seed, stratify=None):
+    """Training and validation rows, drawn and announced once per action: an ensemble's
+    members all train on this split."""
     train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
                                          seed=seed)
-    if announce:   # once per action: ensemble members share this split
-        held_out = (f'validating on {len(val_rows)}' if len(val_rows) else
-                    'no validation split (every sample, every epoch)')
-        _inputs.note(f'training on {len(train_rows)} samples, {held_out}; '
-                     f'{len(data.feature_ids)} distinct ASVs.')
-    return train(model, data, train_rows, val_rows, settings, class_names=class_names)
+    held_out = (f'validating on {len(val_rows)}' if len(val_rows) else
+                'no validation split (every sample, every epoch)')
+    _inputs.note(f'training on {len(train_rows)} samples, {held_out}; '
+                 f'{len(data.feature_ids)} distinct ASVs.')
+    return train_rows, val_rows
 
 
 def pretrain(
@@ -119,7 +119,8 @@ def pretrain(
                               targets)
     cfg = AAMConfig(task='encoder', n_outputs=0 if targets is None else 1, max_bp=p['max_bp'],
                     **{k: p[k] for k in ARCHITECTURE})
-    result = _run(AAM(cfg), data, settings, p['validation_size'], p['random_seed'])
+    result = train(AAM(cfg), data, *_split(data, p['validation_size'], p['random_seed']),
+                   settings)
     return _saved(cfg, p, settings, [result], sample_ids,
                   extra={'alpha_diversity': alpha_diversity is not None})
 
@@ -226,18 +227,19 @@ def fit(
         settings.unifrac_weight = 0.0
     if not classification:   # one scale for every member, so their outputs can be averaged
         settings.target_scale = target_scale(targets)
+    rows = _split(data, p['validation_size'], p['random_seed'], stratify=stratify)
     results = []
     for member in range(p['ensemble_size']):
-        results.append(_fit_member(cfg, pretrained, data, settings, p, member,
-                                   stratify=stratify, class_names=labels))
+        results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
+                                   class_names=labels))
     return _saved(cfg, p, settings, results, sample_ids, labels=labels,
                   extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
                          'freeze_encoder': freeze_encoder})
 
 
-def _fit_member(cfg, pretrained, data, settings, p, member, stratify, class_names):
+def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names):
     """Train ensemble member ``member``: its own seed, hence its own initial weights,
-    batch order, dropout and read subsampling. Every member keeps the validation split
+    batch order, dropout and read subsampling. Every member trains on ``rows``, the split
     of ``random_seed``: with splits of their own, members stopped at unlike epochs and
     the ensemble scored lower on sleep-apnea (benchmarks/results.md)."""
     seed = p['random_seed'] + member
@@ -250,8 +252,7 @@ def _fit_member(cfg, pretrained, data, settings, p, member, stratify, class_name
     model = AAM(cfg)
     if pretrained is not None:
         load_encoder_weights(model, pretrained.state_dict)
-    return _run(model, data, settings, p['validation_size'], p['random_seed'],
-                stratify=stratify, class_names=class_names, announce=member == 0)
+    return train(model, data, *rows, settings, class_names=class_names)
 
 
 def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):

@@ -31,9 +31,9 @@ def ensemble_validation(model: SavedModel):
     return combined
 
 
-def _figure(model: SavedModel):
-    """The best epoch's validation figure and its metrics, or (None, {}) without validation."""
-    table = ensemble_validation(model)
+def _figure(model: SavedModel, table):
+    """The best epoch's validation figure and its metrics, or (None, {}) without validation.
+    ``table``: the model's validation rows, one per sample (ensemble_validation)."""
     if table is None or len(table) == 0:
         return None, {}
     if model.task == 'classification':
@@ -55,7 +55,8 @@ def _figure(model: SavedModel):
 
 def plot_validation(output_dir: str, model: SavedModel) -> None:
     figures = []
-    figure, scores = _figure(model)
+    validation = ensemble_validation(model)
+    figure, scores = _figure(model, validation)
     if figure is not None:
         plots.save_figure(figure, os.path.join(output_dir, 'validation'))
         title = TITLES[model.task]
@@ -66,7 +67,7 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     if len(history):
         plots.save_figure(plots.loss_curves_figure(history), os.path.join(output_dir, 'losses'))
         figures.append(('losses', 'Training and validation loss per epoch'))
-    ensemble_validation(model).to_csv(os.path.join(output_dir, 'validation.tsv'), sep='\t')
+    validation.to_csv(os.path.join(output_dir, 'validation.tsv'), sep='\t')
     if model.ensemble_size > 1:
         model.validation.to_csv(os.path.join(output_dir, 'validation-by-member.tsv'), sep='\t')
     history.to_csv(os.path.join(output_dir, 'history.tsv'), sep='\t', index=False)
