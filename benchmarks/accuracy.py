@@ -409,7 +409,7 @@ def peak_rss_mb():
 
 def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
-    scores, train_s, pred_sps, train_sps, extra = [], [], [], [], []
+    scores, train_s, pred_sps, train_sps, extra, per_sample = [], [], [], [], [], []
     for fold, (tr, te) in splits:
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
@@ -423,6 +423,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         train_sps.append(info['train_samples_per_second'])
         s = score(ds, ds.y[te], pred)
         scores.append(s)
+        per_sample += prediction_rows(ds, name, fold, te, pred)
         extra.append({k: v for k, v in info.items() if k.endswith('epoch') or k == 'epochs_run'})
         log(f'  {ds.name} {name} fold {fold}: ' +
             ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
@@ -430,7 +431,10 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         for m, partial in enumerate(info.get('first_members', [])[:-1], start=1):
             log(f'    first {m} member{"s" if m > 1 else ""}: ' + ' '.join(
                 f'{k}={v:.3f}' for k, v in score(ds, ds.y[te], partial).items()))
-    row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores)}
+    if ds.task == 'classification':
+        log(confusion_text(ds, per_sample))
+    row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores),
+           'per_sample': per_sample}
     for k in scores[0]:
         vals = np.array([s[k] for s in scores])
         row[k] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0)
@@ -439,6 +443,59 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     row['train_sps'] = float(np.nanmean(train_sps))
     row['predict_sps'] = float(np.mean(pred_sps))
     return row
+
+
+def prediction_rows(ds, model, fold, test_rows, pred):
+    """One record per test sample, so that a row's errors can be read (and splits pooled)."""
+    out = []
+    for r, p in zip(test_rows, pred):
+        rec = {'dataset': ds.name, 'model': model, 'fold': fold, 'sample_id': ds.sample_ids[r]}
+        if ds.task == 'regression':
+            rec.update(truth=float(ds.y[r]), prediction=float(p))
+        else:
+            rec.update(truth=ds.classes[ds.y[r]], prediction=ds.classes[int(np.argmax(p))])
+            rec.update({f'p({c})': float(q) for c, q in zip(ds.classes, p)})
+        out.append(rec)
+    return out
+
+
+def confusion_text(ds, records):
+    """Test samples by true class (rows) and predicted class (columns), summed over splits:
+    which classes a row's accuracy is lost on."""
+    index = {c: i for i, c in enumerate(ds.classes)}
+    counts = np.zeros((len(ds.classes), len(ds.classes)), dtype=int)
+    for rec in records:
+        counts[index[rec['truth']], index[rec['prediction']]] += 1
+    width = max(len(c) for c in ds.classes) + 2
+    lines = ['  confusion over all splits (rows: true class, columns: predicted):',
+             ' ' * (width + 2) + ''.join(f'{c:>{width}}' for c in ds.classes)]
+    for c, row in zip(ds.classes, counts):
+        lines.append(f'  {c:<{width}}' + ''.join(f'{n:>{width}d}' for n in row)
+                     + f'   {row[index[c]]}/{row.sum()} right')
+    return '\n'.join(lines)
+
+
+def write_predictions(path, rows, split_seed):
+    """Append every row's per-sample predictions to a TSV (header written once)."""
+    import csv
+    path = Path(path)
+    records = [dict(split_seed=split_seed, **rec) for r in rows for rec in r['per_sample']]
+    if not records:
+        return
+    fields = list(dict.fromkeys(k for rec in records for k in rec))
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path) as f:
+            existing = next(csv.reader(f, delimiter='\t'))
+        if existing != fields:
+            raise SystemExit(f'{path} has the columns {existing}, these predictions have '
+                             f'{fields}: write them to a new file (one file per data set).')
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=fields, delimiter='\t', restval='')
+        if new:
+            w.writeheader()
+        w.writerows(records)
+    print(f'appended {len(records)} predictions to {path}')
 
 
 def format_table(rows):
@@ -475,6 +532,9 @@ def main(argv=None):
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                    help='override a q2-aam variant field for this run, e.g. --set epochs=20 '
                    '(repeatable; the model is then named with the override)')
+    p.add_argument('--predictions', default='', metavar='TSV',
+                   help='append every test sample\'s prediction to this TSV (one file per data '
+                   'set), to read a row\'s errors or pool split draws')
     p.add_argument('--list', action='store_true')
     args = p.parse_args(argv)
     if args.list:
@@ -510,6 +570,8 @@ def main(argv=None):
             rows.append(evaluate(label, variant, ds, splits, quick=args.quick))
     table = format_table(rows)
     print(table)
+    if args.predictions:
+        write_predictions(args.predictions, rows, args.split_seed)
     if args.output:
         command = ' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', '')]
                            + ['benchmarks/accuracy.py'] + (argv if argv is not None

@@ -1,0 +1,110 @@
+"""The accuracy benchmark's splits (whole groups held out, fresh draws really fresh) and its
+per-sample report (which classes a row loses)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'accuracy.py'
+
+
+@pytest.fixture(scope='module')
+def accuracy():
+    spec = importlib.util.spec_from_file_location('accuracy_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def grouped(accuracy, n_groups=16, per_group=4):
+    groups = np.repeat([f'mouse {g}' for g in range(n_groups)], per_group)
+    y = np.arange(len(groups), dtype=float)
+    return accuracy.Dataset('toy', 'age', 'regression', None, None, None, [], None, y,
+                            groups=groups)
+
+
+def stratified(accuracy):
+    y = np.repeat([0, 1, 2, 3], 9)
+    return accuracy.Dataset('toy', 'site', 'classification', None, None, None, [], None, y,
+                            classes=['a', 'b', 'c', 'd'])
+
+
+@pytest.mark.parametrize('split_seed', [0, 1, 2])
+def test_grouped_folds_hold_out_every_group_once_and_whole(accuracy, split_seed):
+    ds = grouped(accuracy)
+    folds = accuracy.make_splits(ds, 5, split_seed)
+    assert len(folds) == 5
+    held_out = np.concatenate([te for _, te in folds])
+    np.testing.assert_array_equal(np.sort(held_out), np.arange(len(ds.y)))
+    for train, test in folds:
+        assert not set(ds.groups[train]) & set(ds.groups[test])
+        assert len(train) + len(test) == len(ds.y)
+        assert len(set(ds.groups[test])) in (3, 4)          # 16 groups into 5 folds
+
+
+def test_split_seed_zero_is_group_kfold_and_other_seeds_differ(accuracy):
+    from sklearn.model_selection import GroupKFold
+    ds = grouped(accuracy)
+    rows = np.arange(len(ds.y))
+    standard = [set(ds.groups[te]) for _, te in accuracy.make_splits(ds, 5, 0)]
+    expected = [set(ds.groups[te]) for _, te in GroupKFold(5).split(rows, ds.y, ds.groups)]
+    assert standard == expected
+    fresh = [set(ds.groups[te]) for _, te in accuracy.make_splits(ds, 5, 1)]
+    assert fresh != standard
+    assert fresh == [set(ds.groups[te]) for _, te in accuracy.make_splits(ds, 5, 1)]
+    assert fresh != [set(ds.groups[te]) for _, te in accuracy.make_splits(ds, 5, 2)]
+
+
+def test_stratified_splits_keep_class_shares_and_fresh_seeds_draw_new_test_sets(accuracy):
+    ds = stratified(accuracy)
+    standard = accuracy.make_splits(ds, 5, 0)
+    fresh = accuracy.make_splits(ds, 5, 1)
+    for train, test in standard + fresh:
+        assert not set(train) & set(test)
+        np.testing.assert_array_equal(np.bincount(ds.y[test], minlength=4), [2, 2, 2, 2])
+    assert {tuple(te) for _, te in standard}.isdisjoint({tuple(te) for _, te in fresh})
+
+
+def test_prediction_rows_and_confusion_name_each_sample_and_class(accuracy):
+    ds = stratified(accuracy)
+    ds.sample_ids = np.array([f's{i}' for i in range(len(ds.y))], dtype=object)
+    test = np.array([0, 9, 18, 27])                       # one sample of each class
+    proba = np.array([[.7, .1, .1, .1],                   # a -> a
+                      [.1, .2, .6, .1],                   # b -> c
+                      [.1, .5, .3, .1],                   # c -> b
+                      [.0, .0, .0, 1.]])                  # d -> d
+    rows = accuracy.prediction_rows(ds, 'm', 3, test, proba)
+    assert [r['sample_id'] for r in rows] == ['s0', 's9', 's18', 's27']
+    assert [(r['truth'], r['prediction']) for r in rows] == [
+        ('a', 'a'), ('b', 'c'), ('c', 'b'), ('d', 'd')]
+    assert rows[1]['p(c)'] == pytest.approx(.6) and rows[1]['fold'] == 3
+    text = accuracy.confusion_text(ds, rows + rows)       # two splits pooled
+    lines = text.splitlines()
+    assert lines[2].split() == ['a', '2', '0', '0', '0', '2/2', 'right']
+    assert lines[3].split() == ['b', '0', '0', '2', '0', '0/2', 'right']
+    assert lines[4].split() == ['c', '0', '2', '0', '0', '0/2', 'right']
+
+
+def test_write_predictions_appends_and_refuses_other_columns(accuracy, tmp_path):
+    cls = stratified(accuracy)
+    cls.sample_ids = np.array([f's{i}' for i in range(len(cls.y))], dtype=object)
+    rows = [{'per_sample': accuracy.prediction_rows(cls, 'rf', 0, np.array([0, 9]),
+                                                    np.eye(4)[[0, 2]])}]
+    path = tmp_path / 'p.tsv'
+    accuracy.write_predictions(path, rows, split_seed=2)
+    accuracy.write_predictions(path, rows, split_seed=3)
+    lines = path.read_text().splitlines()
+    assert lines[0].split('\t')[:7] == ['split_seed', 'dataset', 'model', 'fold', 'sample_id',
+                                        'truth', 'prediction']
+    assert len(lines) == 5
+    assert [l.split('\t')[0] for l in lines[1:]] == ['2', '2', '3', '3']
+    assert lines[2].split('\t')[5:7] == ['b', 'c']
+    reg = grouped(accuracy)
+    reg.sample_ids = np.array([f'r{i}' for i in range(len(reg.y))], dtype=object)
+    other = [{'per_sample': accuracy.prediction_rows(reg, 'rf', 0, np.array([1]), [2.5])}]
+    accuracy.write_predictions(tmp_path / 'r.tsv', other, 0)
+    assert (tmp_path / 'r.tsv').read_text().splitlines()[1].split('\t')[4:] == ['r1', '1.0', '2.5']
+    with pytest.raises(SystemExit, match='one file per data set'):
+        accuracy.write_predictions(path, other, 0)
+    assert len(path.read_text().splitlines()) == 5              # nothing appended
