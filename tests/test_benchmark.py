@@ -108,3 +108,62 @@ def test_write_predictions_appends_and_refuses_other_columns(accuracy, tmp_path)
     with pytest.raises(SystemExit, match='one file per data set'):
         accuracy.write_predictions(path, other, 0)
     assert len(path.read_text().splitlines()) == 5              # nothing appended
+
+
+@pytest.fixture(scope='module')
+def pooled():
+    path = SCRIPT.parent / 'pooled.py'
+    spec = importlib.util.spec_from_file_location('pooled_benchmark', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_split(accuracy, path, model, seed, fold, proba, test=(0, 9, 18, 27)):
+    ds = stratified(accuracy)
+    ds.sample_ids = np.array([f's{i}' for i in range(len(ds.y))], dtype=object)
+    rows = [{'per_sample': accuracy.prediction_rows(ds, model, fold, np.array(test),
+                                                    np.asarray(proba, dtype=float))}]
+    accuracy.write_predictions(path, rows, split_seed=seed)
+
+
+def test_pooled_scores_pair_models_split_by_split(accuracy, pooled, tmp_path):
+    from sklearn.metrics import roc_auc_score
+    right, one_wrong = np.eye(4), np.eye(4)[[0, 2, 2, 3]] * .7 + .075   # b called c
+    files = [tmp_path / 'rf.tsv', tmp_path / 'aam.tsv']
+    for seed in (1, 2):                     # rf: all right on seed 1, one wrong on seed 2
+        write_split(accuracy, files[0], 'rf', seed, 0, right if seed == 1 else one_wrong)
+        write_split(accuracy, files[1], 'aam', seed, 0, one_wrong)    # aam: one wrong twice
+    write_split(accuracy, files[1], 'aam', 3, 0, right)               # a split rf lacks
+    df = pooled.load(files)
+    scores = pooled.split_scores(df).set_index(['model', 'split_seed'])
+    assert scores.loc[('rf', 1), 'accuracy'] == 1.0
+    assert scores.loc[('aam', 2), 'accuracy'] == 0.75
+    assert scores.loc[('aam', 2), 'auroc'] == pytest.approx(
+        roc_auc_score([0, 1, 2, 3], one_wrong, multi_class='ovr', average='macro'))
+    table = pooled.paired_table(pooled.split_scores(df), 'rf')
+    row = next(l for l in table.splitlines() if l.startswith('| aam'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[1] == '2'                  # seed 3 has no rf to pair with
+    assert cells[2].startswith('-0.125 (-0.250, +0.000)')
+    assert cells[3] == '0 / 1 / 1'
+    summary = pooled.summary_table(pooled.split_scores(df), df)
+    assert '| aam | 3/3 | 1/3 | 3/3 | 3/3 |' in summary     # class b lost on seeds 1 and 2
+    assert '| rf | 2/2 | 1/2 | 2/2 | 2/2 |' in summary
+    assert '| rf | 2 | 8 | 0.875 ± 0.177 |' in summary
+
+
+def test_pooled_regression_and_duplicate_predictions(accuracy, pooled, tmp_path):
+    from sklearn.metrics import r2_score
+    reg = grouped(accuracy)
+    reg.sample_ids = np.array([f'r{i}' for i in range(len(reg.y))], dtype=object)
+    test, pred = np.array([0, 5, 10, 15]), np.array([1.0, 4.0, 11.0, 15.5])
+    path = tmp_path / 'sa.tsv'
+    accuracy.write_predictions(path, [{'per_sample': accuracy.prediction_rows(
+        reg, 'aam', 4, test, pred)}], split_seed=3)
+    s = pooled.split_scores(pooled.load([path])).iloc[0]
+    assert (s.model, s.split_seed, s.fold, s.n) == ('aam', 3, 4, 4)
+    assert s.r2 == pytest.approx(r2_score(reg.y[test], pred))
+    assert s.mae == pytest.approx(np.abs(reg.y[test] - pred).mean())
+    with pytest.raises(SystemExit, match=r"4 test samples are predicted more than once .*'r0'"):
+        pooled.load([path, path])

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Pool the per-sample predictions of several accuracy.py runs (split draws, folds run as
+separate processes) and compare each model with a reference on the splits they share.
+
+Why: on moving-pictures a split has 7 test samples, so one sample moves accuracy by 0.143
+and five splits cannot tell two models apart. Pooling split draws, and pairing the models
+split by split, says how large a difference is against the noise.
+
+Usage:
+  .venv/bin/python benchmarks/accuracy.py --datasets moving-pictures --variants rf \\
+      --split-seed 3 --output '' --predictions mp.tsv            # once per seed / fold
+  .venv/bin/python benchmarks/pooled.py mp*.tsv --reference rf
+"""
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+
+SPLIT = ['dataset', 'model', 'split_seed', 'fold']
+
+
+def load(paths):
+    """Every prediction file, one row per (split, test sample); a sample predicted twice for
+    the same model and split (a file passed twice, or a split rerun) is an error."""
+    frames = [pd.read_csv(p, sep='\t', dtype={'sample_id': str}) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    dup = df.duplicated(SPLIT + ['sample_id'], keep=False)
+    if dup.any():
+        twice = df.loc[dup, SPLIT + ['sample_id']].drop_duplicates()
+        raise SystemExit(f'{len(twice)} test samples are predicted more than once by the same '
+                         f'model in the same split, e.g. {twice.head(3).to_dict("records")}: '
+                         'pass each run\'s file once, and do not append a rerun to its file.')
+    return df
+
+
+def split_scores(df):
+    """The metrics accuracy.py prints, computed back from the predictions, one row per split."""
+    from sklearn.metrics import accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+    rows = []
+    for key, g in df.groupby(SPLIT, sort=True):
+        probs = [c for c in g.columns if c.startswith('p(') and g[c].notna().all()]
+        rec = dict(zip(SPLIT, key), n=len(g))
+        if probs:
+            classes = [c[2:-1] for c in probs]
+            truth = g['truth'].map({c: i for i, c in enumerate(classes)}).to_numpy()
+            rec['accuracy'] = accuracy_score(g['truth'], g['prediction'])
+            rec['auroc'] = roc_auc_score(truth, g[probs].to_numpy(), multi_class='ovr',
+                                         average='macro', labels=list(range(len(classes))))
+        else:
+            truth, pred = g['truth'].astype(float), g['prediction'].astype(float)
+            rec['r2'] = r2_score(truth, pred)
+            rec['mae'] = mean_absolute_error(truth, pred)
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def metrics_of(scores):
+    return [m for m in ('r2', 'mae', 'accuracy', 'auroc') if m in scores and
+            scores[m].notna().any()]
+
+
+def summary_table(scores, df):
+    """Mean ± sd over splits per model, and for classes the right calls pooled per class."""
+    lines = []
+    for ds, s in scores.groupby('dataset'):
+        ms = metrics_of(s)
+        lines += [f'### {ds}', '', '| model | splits | test predictions | ' +
+                  ' | '.join(ms) + ' |', '|---|---|---|' + '---|' * len(ms)]
+        for model, g in s.groupby('model'):
+            cells = [f'{g[m].mean():.3f} ± {g[m].std(ddof=1) if len(g) > 1 else 0:.3f}'
+                     for m in ms]
+            lines.append(f'| {model} | {len(g)} | {int(g.n.sum())} | ' + ' | '.join(cells) + ' |')
+        if 'accuracy' in ms:
+            d = df[df.dataset == ds]
+            right = (d.truth == d.prediction).groupby([d.model, d.truth]).agg(['sum', 'count'])
+            classes = sorted(d.truth.unique())
+            lines += ['', 'Right calls per true class, pooled over splits:', '',
+                      '| model | ' + ' | '.join(classes) + ' |', '|---|' + '---|' * len(classes)]
+            for model in sorted(d.model.unique()):
+                lines.append(f'| {model} | ' + ' | '.join(
+                    f'{right.loc[(model, c), "sum"]}/{right.loc[(model, c), "count"]}'
+                    if (model, c) in right.index else '-' for c in classes) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def paired_table(scores, reference, n_boot=10000, seed=0):
+    """Each model minus the reference on the splits both ran: mean difference, a bootstrap
+    95 % interval over splits, and the splits ahead / level / behind."""
+    lines = []
+    rng = np.random.default_rng(seed)
+    for ds, s in scores.groupby('dataset'):
+        if reference not in set(s.model):
+            continue
+        ms = metrics_of(s)
+        ref = s[s.model == reference].set_index(['split_seed', 'fold'])
+        lines += [f'### {ds}: each model minus {reference}, split by split', '',
+                  '| model | shared splits | ' + ' | '.join(
+                      f'Δ {m} (95 % CI) | ahead / level / behind' for m in ms) + ' |',
+                  '|---|---|' + '---|---|' * len(ms)]
+        for model, g in s[s.model != reference].groupby('model'):
+            g = g.set_index(['split_seed', 'fold'])
+            shared = g.index.intersection(ref.index)
+            if not len(shared):
+                continue
+            cells = []
+            for m in ms:
+                d = (g.loc[shared, m] - ref.loc[shared, m]).to_numpy()
+                boot = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                better = d < 0 if m == 'mae' else d > 0
+                worse = d > 0 if m == 'mae' else d < 0
+                cells.append(f'{d.mean():+.3f} ({lo:+.3f}, {hi:+.3f}) | '
+                             f'{better.sum()} / {(d == 0).sum()} / {worse.sum()}')
+            lines.append(f'| {model} | {len(shared)} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('predictions', nargs='+', help='TSV files written by accuracy.py '
+                   '--predictions')
+    p.add_argument('--reference', default='rf', help='the model the others are compared '
+                   'with (default: rf, the random forest)')
+    args = p.parse_args(argv)
+    df = load(args.predictions)
+    scores = split_scores(df)
+    text = summary_table(scores, df) + '\n' + paired_table(scores, args.reference)
+    print(text)
+    return text
+
+
+if __name__ == '__main__':
+    main()
