@@ -34,6 +34,17 @@ def load(paths):
     return df
 
 
+def common_splits(df):
+    """Only the splits (per data set) that every model in the files ran, so that the summary
+    compares like with like."""
+    keys = ['dataset', 'split_seed', 'fold']
+    per_split = df.groupby(keys).model.nunique()
+    per_dataset = df.groupby('dataset').model.nunique()
+    keep = per_split[per_split.to_numpy() == per_dataset.loc[
+        per_split.index.get_level_values('dataset')].to_numpy()].index
+    return df[pd.MultiIndex.from_frame(df[keys]).isin(keep)]
+
+
 def split_scores(df):
     """The metrics accuracy.py prints, computed back from the predictions, one row per split."""
     from sklearn.metrics import accuracy_score, mean_absolute_error, r2_score, roc_auc_score
@@ -124,8 +135,12 @@ def main(argv=None):
                    '--predictions')
     p.add_argument('--reference', default='rf', help='the model the others are compared '
                    'with (default: rf, the random forest)')
+    p.add_argument('--common-splits', action='store_true', help='keep only the splits that '
+                   'every model ran (per data set)')
     args = p.parse_args(argv)
     df = load(args.predictions)
+    if args.common_splits:
+        df = common_splits(df)
     scores = split_scores(df)
     text = summary_table(scores, df) + '\n' + paired_table(scores, args.reference)
     print(text)

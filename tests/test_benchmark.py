@@ -147,6 +147,8 @@ def test_pooled_scores_pair_models_split_by_split(accuracy, pooled, tmp_path):
     assert cells[1] == '2'                  # seed 3 has no rf to pair with
     assert cells[2].startswith('-0.125 (-0.250, +0.000)')
     assert cells[3] == '0 / 1 / 1'
+    common = pooled.common_splits(df)
+    assert sorted(set(common.split_seed)) == [1, 2] and len(common) == 16
     summary = pooled.summary_table(pooled.split_scores(df), df)
     assert '| aam | 3/3 | 1/3 | 3/3 | 3/3 |' in summary     # class b lost on seeds 1 and 2
     assert '| rf | 2/2 | 1/2 | 2/2 | 2/2 |' in summary
