@@ -12,7 +12,6 @@ Usage:
   .venv/bin/python benchmarks/pooled.py mp*.tsv --reference rf
 """
 import argparse
-import sys
 
 import numpy as np
 import pandas as pd
@@ -103,6 +102,8 @@ def paired_table(scores, reference, n_boot=10000, seed=0):
     rng = np.random.default_rng(seed)
     for ds, s in scores.groupby('dataset'):
         if reference not in set(s.model):
+            lines += [f'({ds}: no {reference} predictions in these files, nothing to pair '
+                      f'with; models: {", ".join(sorted(set(s.model)))})', '']
             continue
         ms = metrics_of(s)
         ref = s[s.model == reference].set_index(['split_seed', 'fold'])

@@ -147,6 +147,8 @@ def test_pooled_scores_pair_models_split_by_split(accuracy, pooled, tmp_path):
     assert cells[1] == '2'                  # seed 3 has no rf to pair with
     assert cells[2].startswith('-0.125 (-0.250, +0.000)')
     assert cells[3] == '0 / 1 / 1'
+    assert pooled.paired_table(pooled.split_scores(df), 'ridge').startswith(
+        '(toy: no ridge predictions in these files, nothing to pair with; models: aam, rf)')
     common = pooled.common_splits(df)
     assert sorted(set(common.split_seed)) == [1, 2] and len(common) == 16
     summary = pooled.summary_table(pooled.split_scores(df), df)
