@@ -378,13 +378,15 @@ def run_linear(v, ds, train_rows, test_rows):
 
 # -- metrics and memory ------------------------------------------------------------------
 
-def score(ds, truth, pred):
+def score(truth, pred, classes=None):
+    """R² and MAE of values, or (``classes`` given: truth as class indices, pred as class
+    probabilities) accuracy and macro one-vs-rest AUROC; pooled.py scores with it too."""
     from sklearn.metrics import (accuracy_score, mean_absolute_error, r2_score,
                                  roc_auc_score)
-    if ds.task == 'regression':
+    if classes is None:
         return {'r2': r2_score(truth, pred), 'mae': mean_absolute_error(truth, pred)}
     auc = roc_auc_score(truth, pred, multi_class='ovr', average='macro',
-                        labels=list(range(len(ds.classes))))
+                        labels=list(range(len(classes))))
     return {'accuracy': accuracy_score(truth, pred.argmax(1)), 'auroc': auc}
 
 
@@ -421,7 +423,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
         pred_sps.append(len(te) / max(info['predict_seconds'], 1e-9))
         train_sps.append(info['train_samples_per_second'])
-        s = score(ds, ds.y[te], pred)
+        s = score(ds.y[te], pred, ds.classes)
         scores.append(s)
         per_sample += prediction_rows(ds, name, fold, te, pred)
         extra.append({k: v for k, v in info.items() if k.endswith('epoch') or k == 'epochs_run'})
@@ -430,7 +432,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
             f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
         for m, partial in enumerate(info.get('first_members', [])[:-1], start=1):
             log(f'    first {m} member{"s" if m > 1 else ""}: ' + ' '.join(
-                f'{k}={v:.3f}' for k, v in score(ds, ds.y[te], partial).items()))
+                f'{k}={v:.3f}' for k, v in score(ds.y[te], partial, ds.classes).items()))
     if ds.task == 'classification':
         log(confusion_text(ds, per_sample))
     row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores),

@@ -12,9 +12,14 @@ Usage:
   .venv/bin/python benchmarks/pooled.py mp*.tsv --reference rf
 """
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import score  # noqa: E402  (the metrics accuracy.py prints)
 
 SPLIT = ['dataset', 'model', 'split_seed', 'fold']
 
@@ -46,7 +51,6 @@ def common_splits(df):
 
 def split_scores(df):
     """The metrics accuracy.py prints, computed back from the predictions, one row per split."""
-    from sklearn.metrics import accuracy_score, mean_absolute_error, r2_score, roc_auc_score
     rows = []
     for key, g in df.groupby(SPLIT, sort=True):
         probs = [c for c in g.columns if c.startswith('p(') and g[c].notna().all()]
@@ -54,13 +58,9 @@ def split_scores(df):
         if probs:
             classes = [c[2:-1] for c in probs]
             truth = g['truth'].map({c: i for i, c in enumerate(classes)}).to_numpy()
-            rec['accuracy'] = accuracy_score(g['truth'], g['prediction'])
-            rec['auroc'] = roc_auc_score(truth, g[probs].to_numpy(), multi_class='ovr',
-                                         average='macro', labels=list(range(len(classes))))
+            rec.update(score(truth, g[probs].to_numpy(), classes))
         else:
-            truth, pred = g['truth'].astype(float), g['prediction'].astype(float)
-            rec['r2'] = r2_score(truth, pred)
-            rec['mae'] = mean_absolute_error(truth, pred)
+            rec.update(score(g['truth'].astype(float), g['prediction'].astype(float)))
         rows.append(rec)
     return pd.DataFrame(rows)
 
