@@ -56,6 +56,44 @@ def test_split_seed_zero_is_group_kfold_and_other_seeds_differ(accuracy):
     assert fresh != [set(ds.groups[te]) for _, te in accuracy.make_splits(ds, 5, 2)]
 
 
+def test_moving_pictures_by_day_holds_out_whole_person_days(accuracy):
+    """The grouped moving-pictures row: no held-out sample shares its person-day with a
+    training sample, so no palm's other-hand twin of that day is learned from."""
+    if not (accuracy.DATA / 'moving-pictures' / 'table.biom').exists():
+        pytest.skip(f'{accuracy.DATA} has no moving-pictures data on this machine')
+    ds = accuracy.load_dataset('moving-pictures-by-day')
+    stratified_ds = accuracy.load_dataset('moving-pictures')
+    np.testing.assert_array_equal(ds.sample_ids, stratified_ds.sample_ids)
+    assert stratified_ds.groups is None
+    assert len(ds.y) == 34 and len(set(ds.groups)) == 9       # 2 subjects, 4-5 days each
+    assert 'subject-2 day 140' in set(ds.groups)
+    for split_seed in (0, 1):
+        folds = accuracy.make_splits(ds, 5, split_seed)
+        held_out = np.concatenate([te for _, te in folds])
+        np.testing.assert_array_equal(np.sort(held_out), np.arange(34))
+        for train, test in folds:
+            assert not set(ds.groups[train]) & set(ds.groups[test])
+
+    def palms_with_twin_in_training(splits):
+        """Held-out palm samples whose other hand, same person and day, is a training sample."""
+        palm = {c: i for i, c in enumerate(ds.classes) if 'palm' in c}
+        count = total = 0
+        for train, test in splits:
+            trained = {(ds.groups[r], ds.y[r]) for r in train}
+            for r in test:
+                if ds.y[r] in palm.values():
+                    other = next(i for i in palm.values() if i != ds.y[r])
+                    total += 1
+                    count += (ds.groups[r], other) in trained
+        return count, total
+
+    assert palms_with_twin_in_training(accuracy.make_splits(ds, 5, 0)) == (0, 17)
+    # the stratified row's splits (same samples, same person-day labels): most held-out palms
+    # have their twin in training, which is why that row scores tie-breaking
+    count, total = palms_with_twin_in_training(accuracy.make_splits(stratified_ds, 5, 0))
+    assert (count, total) == (10, 16)
+
+
 def test_stratified_splits_keep_class_shares_and_fresh_seeds_draw_new_test_sets(accuracy):
     ds = stratified(accuracy)
     standard = accuracy.make_splits(ds, 5, 0)
