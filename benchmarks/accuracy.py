@@ -111,7 +111,7 @@ def load_dataset(key):
         groups = None
     else:
         columns = [group_col] if isinstance(group_col, str) else list(group_col)
-        groups = meta.loc[ids, columns].astype(str).agg(' day '.join, axis=1).to_numpy()
+        groups = meta.loc[ids, columns].astype(str).agg(' / '.join, axis=1).to_numpy()
     return Dataset(key, target, task, counts, np.asarray(ids, dtype=object), fids,
                    [seqs[f] for f in fids], dm.loc[ids, ids].to_numpy(np.float32),
                    y, classes, groups)

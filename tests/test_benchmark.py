@@ -66,7 +66,7 @@ def test_moving_pictures_by_day_holds_out_whole_person_days(accuracy):
     np.testing.assert_array_equal(ds.sample_ids, stratified_ds.sample_ids)
     assert stratified_ds.groups is None
     assert len(ds.y) == 34 and len(set(ds.groups)) == 9       # 2 subjects, 4-5 days each
-    assert 'subject-2 day 140' in set(ds.groups)
+    assert 'subject-2 / 140' in set(ds.groups)          # subject / days-since-experiment-start
     for split_seed in (0, 1):
         folds = accuracy.make_splits(ds, 5, split_seed)
         held_out = np.concatenate([te for _, te in folds])
