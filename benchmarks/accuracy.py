@@ -58,14 +58,14 @@ class Dataset:
     groups: np.ndarray = None     # hold-out unit (mouse, person-day) or None
 
 
-# key: (folder, target, task, the metadata column(s) whose values, joined, make the
+# key: (folder, target, task, the metadata columns whose values, joined, make the
 # hold-out unit; None = stratified splits)
 DATASETS = {
-    'sleep-apnea': ('sleep-apnea-10422', 'age', 'regression', 'host_subject_id'),
+    'sleep-apnea': ('sleep-apnea-10422', 'age', 'regression', ('host_subject_id',)),
     'moving-pictures': ('moving-pictures', 'body-site', 'classification', None),
-    # The stratified splits above leave each held-out palm's other-hand sample of the same
-    # person and day in training, so they score how a model breaks a left/right tie it
-    # cannot resolve; holding out whole person-days scores body-site biology instead.
+    # The stratified splits above leave most held-out palms' other-hand sample of the same
+    # person and day in training; holding out whole person-days takes that twin out of
+    # the score.
     'moving-pictures-by-day': ('moving-pictures', 'body-site', 'classification',
                                ('subject', 'days-since-experiment-start')),
 }
@@ -86,7 +86,7 @@ def _read_fasta(path):
 def load_dataset(key):
     import biom
     import pandas as pd
-    folder, target, task, group_col = DATASETS[key]
+    folder, target, task, group_cols = DATASETS[key]
     d = DATA / folder
     table = biom.load_table(str(d / 'table.biom'))
     meta = pd.read_csv(d / 'metadata.tsv', sep='\t', dtype=str, comment=None)
@@ -107,11 +107,8 @@ def load_dataset(key):
     else:
         classes = sorted(values.unique())
         y = values.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    if group_col is None:
-        groups = None
-    else:
-        columns = [group_col] if isinstance(group_col, str) else list(group_col)
-        groups = meta.loc[ids, columns].astype(str).agg(' / '.join, axis=1).to_numpy()
+    groups = (None if group_cols is None else
+              meta.loc[ids, list(group_cols)].astype(str).agg(' / '.join, axis=1).to_numpy())
     return Dataset(key, target, task, counts, np.asarray(ids, dtype=object), fids,
                    [seqs[f] for f in fids], dm.loc[ids, ids].to_numpy(np.float32),
                    y, classes, groups)

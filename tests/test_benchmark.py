@@ -89,7 +89,7 @@ def test_moving_pictures_by_day_holds_out_whole_person_days(accuracy):
 
     assert palms_with_twin_in_training(accuracy.make_splits(ds, 5, 0)) == (0, 17)
     # the stratified row's splits (same samples, same person-day labels): most held-out palms
-    # have their twin in training, which is why that row scores tie-breaking
+    # have their twin in training
     count, total = palms_with_twin_in_training(accuracy.make_splits(stratified_ds, 5, 0))
     assert (count, total) == (10, 16)
 
