@@ -187,6 +187,8 @@ class AAMVariant:
     validation: float = 0.2          # fit's inner validation fraction (0: every training
                                      # row is fitted for all epochs, as fit's default)
     max_grad_norm: float = 1.0
+    calibrate: bool = False          # classifiers: members cross-fitted on the training rows,
+                                     # a temperature and class biases fitted out of fold
     extra: dict = field(default_factory=dict)   # other TrainSettings fields
 
 
@@ -316,9 +318,20 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds
         info['pre_best_epoch'] = r.best_epoch
+    cross_fit = v.calibrate and ds.task != 'regression' and v.ensemble > 1
+    if cross_fit:
+        from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
+                                               fit_class_calibration)
+        folds = cross_fit_folds(len(train_rows), v.ensemble, stratify=ds.y[train_rows],
+                                seed=1000 * fold)
+        held_raw = np.zeros((len(train_rows), n_out))
+    raws = []
     for member in range(v.ensemble):
         seed = 1000 * fold + member
         fit_local, val_local = split(member, v.validation)
+        if cross_fit:
+            assert not len(val_local), 'calibrate cross-fits instead of a validation split'
+            fit_local, held_local = folds[member]
         torch.manual_seed(seed)
         np.random.seed(seed)
         model = AAM(AAMConfig(task=ds.task, n_outputs=n_out, **arch))
@@ -337,12 +350,23 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
         t0 = time.perf_counter()
         out = predict(model, test_data)['prediction']
         info['predict_seconds'] = info.get('predict_seconds', 0) + time.perf_counter() - t0
+        if cross_fit:
+            held_raw[held_local] = predict(model, train_data, rows=held_local)['prediction']
         if ds.task == 'regression':
             outputs.append(out[:, 0] * r.target_std + r.target_mean)
         else:
-            outputs.append(class_probabilities(out))
+            raws.append(out)
         if log:
             log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
+    if ds.task != 'regression':
+        calibration = (fit_class_calibration(held_raw, ds.y[train_rows].astype(int), n_out)
+                       if cross_fit else None)
+        if calibration:
+            info['calibration'] = calibration
+            if log:
+                log(f'    calibration: {calibration}')
+        outputs = [class_probabilities(apply_class_calibration(out, calibration))
+                   for out in raws]
     # the ensembles of the first 1, 2, ... members, scored by evaluate(): one run gives the
     # whole ensemble-size curve, since member m is the same model in every ensemble size
     info['first_members'] = [np.mean(outputs[:m], axis=0) for m in range(1, len(outputs) + 1)]
