@@ -22,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import score  # noqa: E402  (the metrics accuracy.py prints)
 
 SPLIT = ['dataset', 'model', 'split_seed', 'fold']
+# probabilities are floored here for the log loss: a forest's vote share can be exactly 0,
+# and one such sample would otherwise make its log loss infinite (0.001 is a tenth of one
+# tree's vote in the default 100-tree forest)
+LOG_LOSS_FLOOR = 1e-3
+LOWER_IS_BETTER = ('mae', 'log_loss')
 
 
 def load(paths):
@@ -59,6 +64,8 @@ def split_scores(df):
             classes = [c[2:-1] for c in probs]
             truth = g['truth'].map({c: i for i, c in enumerate(classes)}).to_numpy()
             rec.update(score(truth, g[probs].to_numpy(), classes))
+            p_true = g[probs].to_numpy()[np.arange(len(g)), truth]
+            rec['log_loss'] = float(-np.log(np.maximum(p_true, LOG_LOSS_FLOOR)).mean())
         else:
             rec.update(score(g['truth'].astype(float), g['prediction'].astype(float)))
         rows.append(rec)
@@ -66,7 +73,7 @@ def split_scores(df):
 
 
 def metrics_of(scores):
-    return [m for m in ('r2', 'mae', 'accuracy', 'auroc') if m in scores and
+    return [m for m in ('r2', 'mae', 'accuracy', 'auroc', 'log_loss') if m in scores and
             scores[m].notna().any()]
 
 
@@ -121,8 +128,8 @@ def paired_table(scores, reference, n_boot=10000, seed=0):
                 d = (g.loc[shared, m] - ref.loc[shared, m]).to_numpy()
                 boot = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
                 lo, hi = np.percentile(boot, [2.5, 97.5])
-                better = d < 0 if m == 'mae' else d > 0
-                worse = d > 0 if m == 'mae' else d < 0
+                better = d < 0 if m in LOWER_IS_BETTER else d > 0
+                worse = d > 0 if m in LOWER_IS_BETTER else d < 0
                 cells.append(f'{d.mean():+.3f} ({lo:+.3f}, {hi:+.3f}) | '
                              f'{better.sum()} / {(d == 0).sum()} / {worse.sum()}')
             lines.append(f'| {model} | {len(shared)} | ' + ' | '.join(cells) + ' |')

@@ -179,12 +179,17 @@ def test_pooled_scores_pair_models_split_by_split(accuracy, pooled, tmp_path):
     assert scores.loc[('aam', 2), 'accuracy'] == 0.75
     assert scores.loc[('aam', 2), 'auroc'] == pytest.approx(
         roc_auc_score([0, 1, 2, 3], one_wrong, multi_class='ovr', average='macro'))
+    log_loss = -np.log([.775, .075, .775, .775]).mean()
+    assert scores.loc[('aam', 2), 'log_loss'] == pytest.approx(log_loss)
+    assert scores.loc[('rf', 1), 'log_loss'] == 0.0
     table = pooled.paired_table(pooled.split_scores(df), 'rf')
     row = next(l for l in table.splitlines() if l.startswith('| aam'))
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[1] == '2'                  # seed 3 has no rf to pair with
     assert cells[2].startswith('-0.125 (-0.250, +0.000)')
     assert cells[3] == '0 / 1 / 1'
+    # a higher log loss is worse: aam is behind on seed 1, level on seed 2
+    assert cells[6].startswith(f'+{log_loss / 2:.3f}') and cells[7] == '0 / 1 / 1'
     assert pooled.paired_table(pooled.split_scores(df), 'ridge').startswith(
         '(toy: no ridge predictions in these files, nothing to pair with; models: aam, rf)')
     common = pooled.common_splits(df)
@@ -193,6 +198,13 @@ def test_pooled_scores_pair_models_split_by_split(accuracy, pooled, tmp_path):
     assert '| aam | 3/3 | 1/3 | 3/3 | 3/3 |' in summary     # class b lost on seeds 1 and 2
     assert '| rf | 2/2 | 1/2 | 2/2 | 2/2 |' in summary
     assert '| rf | 2 | 8 | 0.875 ± 0.177 |' in summary
+
+
+def test_pooled_log_loss_floors_a_zero_vote(accuracy, pooled, tmp_path):
+    path = tmp_path / 'rf.tsv'
+    write_split(accuracy, path, 'rf', 1, 0, np.eye(4)[[1, 1, 2, 3]])    # a: no vote at all
+    s = pooled.split_scores(pooled.load([path])).iloc[0]
+    assert s.log_loss == pytest.approx(-np.log(pooled.LOG_LOSS_FLOOR) / 4)
 
 
 def test_pooled_regression_and_duplicate_predictions(accuracy, pooled, tmp_path):
