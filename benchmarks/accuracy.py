@@ -318,10 +318,10 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds
         info['pre_best_epoch'] = r.best_epoch
+    from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
+                                           fit_class_calibration)
     cross_fit = v.calibrate and ds.task != 'regression' and v.ensemble > 1
     if cross_fit:
-        from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
-                                               fit_class_calibration)
         folds = cross_fit_folds(len(train_rows), v.ensemble, stratify=ds.y[train_rows],
                                 seed=1000 * fold)
         held_raw = np.zeros((len(train_rows), n_out))

@@ -221,3 +221,35 @@ def test_pooled_regression_and_duplicate_predictions(accuracy, pooled, tmp_path)
     assert s.mae == pytest.approx(np.abs(reg.y[test] - pred).mean())
     with pytest.raises(SystemExit, match=r"4 test samples are predicted more than once .*'r0'"):
         pooled.load([path, path])
+
+
+def toy_amplicons(accuracy, n=24, features=30, seed=0):
+    """A small classification data set with real-looking inputs, to run q2-aam on."""
+    import scipy.sparse
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 4
+    counts = rng.poisson(3.0, size=(n, features)) * (rng.random((n, features)) < 0.5)
+    counts[:, 0] += 1                                    # no empty sample
+    seqs = [''.join(rng.choice(list('ACGT'), 60)) for _ in range(features)]
+    return accuracy.Dataset('toy', 'site', 'classification',
+                            scipy.sparse.csr_matrix(counts.astype(np.float64)),
+                            np.array([f's{i}' for i in range(n)], dtype=object),
+                            np.array([f'f{i}' for i in range(features)], dtype=object), seqs,
+                            None, y, classes=['a', 'b', 'c', 'd'])
+
+
+@pytest.mark.parametrize('calibrate', [False, True])
+def test_run_aam_classifies_with_and_without_calibration(accuracy, calibrate):
+    ds = toy_amplicons(accuracy)
+    v = accuracy.AAMVariant('tiny', embedding_dim=16, attention_heads=2, attention_layers=1,
+                            max_asvs=16, batch_size=8, pretrain=False, epochs=2, ensemble=2,
+                            validation=0.0, nuc_weight=0.0, calibrate=calibrate)
+    train, test = np.arange(18), np.arange(18, 24)
+    pred, info = accuracy.run_aam(v, ds, train, test, fold=0)
+    assert pred.shape == (6, 4)
+    np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(info['first_members'][-1], pred)
+    if calibrate:
+        assert info['calibration']['temperature'] > 0 and len(info['calibration']['bias']) == 4
+    else:
+        assert 'calibration' not in info
