@@ -13,7 +13,7 @@ import qiime2
 import skbio
 
 from . import _inputs
-from .engine import checkpoint, optim
+from .engine import calibration, checkpoint, optim
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights
@@ -31,7 +31,7 @@ DEFAULTS = dict(
     attention_heads=4, attention_layers=1, dropout=0.1, kmer_size=6, nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
     random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=5,
-    rarefy_depth=2000,
+    rarefy_depth=2000, calibrate=False,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
 FIT_NUC_WEIGHT = 0.0
@@ -125,15 +125,18 @@ def pretrain(
                   extra={'alpha_diversity': alpha_diversity is not None})
 
 
-def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None):
-    """One SavedModel from one training run, or from an ensemble's runs (one per member)."""
+def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,
+           cross_fitted=None):
+    """One SavedModel from one training run, or from an ensemble's runs (one per member).
+    ``cross_fitted``: (calibration, out-of-fold table) of a calibrated classifier."""
     first = results[0]
     config = checkpoint.make_config(
         cfg, p['max_asvs'], p['max_bp'], labels=labels,
         training=_training_record(p, settings, len(sample_ids), extra),
         target_mean=first.target_mean, target_std=first.target_std,
         extra={'best_epoch': first.best_epoch, 'epochs_run': first.epochs_run,
-               'ensemble_size': len(results)})
+               'ensemble_size': len(results),
+               'calibration': cross_fitted[0] if cross_fitted else None})
     if len(results) == 1:
         return SavedModel(config, first.state_dict, first.history, first.validation,
                           first.tensorboard)
@@ -143,6 +146,8 @@ def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None):
     history = pd.concat([r.history.assign(member=i) for i, r in enumerate(results)],
                         ignore_index=True)
     validation = pd.concat([r.validation.assign(member=i) for i, r in enumerate(results)])
+    if cross_fitted and not len(validation):   # no validation split: show the honest rows
+        validation = cross_fitted[1]
     tensorboard = {f'member-{i}/{path}': content for i, r in enumerate(results)
                    for path, content in r.tensorboard.items()}
     return SavedModel(config, checkpoint.pack_members([r.state_dict for r in results]),
@@ -189,7 +194,7 @@ def fit(
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
         ensemble_size: int = D['ensemble_size'],
-        rarefy_depth: int = D['rarefy_depth']) -> SavedModel:
+        rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if freeze_encoder and pretrained is None:
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
@@ -227,21 +232,70 @@ def fit(
         settings.unifrac_weight = 0.0
     if not classification:   # one scale for every member, so their outputs can be averaged
         settings.target_scale = target_scale(targets)
-    rows = _split(data, p['validation_size'], p['random_seed'], stratify=stratify)
-    results = []
+    train_rows, val_rows = _split(data, p['validation_size'], p['random_seed'],
+                                  stratify=stratify)
+    cross_fit = classification and p['calibrate'] and p['ensemble_size'] > 1
+    if p['calibrate'] and not classification:
+        _inputs.note('no calibration: calibrate applies to classifiers, and this fit '
+                     'predicts a number.')
+    elif p['calibrate'] and not cross_fit:
+        _inputs.note('no calibration: it is fitted to the out-of-fold predictions of an '
+                     'ensemble\'s members, and ensemble_size is 1.')
+    if cross_fit:   # member m fits all training rows but fold m, then predicts fold m
+        folds = [(train_rows[fit], train_rows[held]) for fit, held in
+                 calibration.cross_fit_folds(len(train_rows), p['ensemble_size'],
+                                             stratify=targets[train_rows],
+                                             seed=p['random_seed'])]
+    results, held_out = [], []
     for member in range(p['ensemble_size']):
+        rows = (folds[member][0] if cross_fit else train_rows), val_rows
         results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
                                    class_names=labels))
+        if cross_fit:
+            held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
+                                              p['device']))
     return _saved(cfg, p, settings, results, sample_ids, labels=labels,
                   extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
-                         'freeze_encoder': freeze_encoder})
+                         'freeze_encoder': freeze_encoder},
+                  cross_fitted=cross_fit and _calibrate(data, folds, held_out, labels))
+
+
+def _held_out_outputs(cfg, result, data, rows, device):
+    """A cross-fitted member's raw outputs for the training rows it did not fit."""
+    model = AAM(cfg)
+    model.load_state_dict(result.state_dict)
+    return engine_predict(model, data, rows=rows, device=resolve_device(device))['prediction']
+
+
+def _calibrate(data, folds, held_out, labels):
+    """The temperature and class biases fitted to the out-of-fold outputs, and those
+    outputs, calibrated, as a validation table (one row per training sample)."""
+    rows = np.concatenate([held for _, held in folds])
+    raw = np.concatenate(held_out)
+    truth = data.targets[rows].astype(int)
+    fitted = calibration.fit_class_calibration(raw, truth, len(labels))
+    probabilities = class_probabilities(calibration.apply_class_calibration(raw, fitted))
+    before = float((raw.argmax(1) == truth).mean())
+    after = float((probabilities.argmax(1) == truth).mean())
+    fitted.update(out_of_fold_samples=len(rows), out_of_fold_accuracy=before,
+                  calibrated_accuracy=after)
+    _inputs.note(f'calibrated on {len(rows)} out-of-fold predictions: accuracy {before:.3f} '
+                 f'before, {after:.3f} after; temperature {fitted["temperature"]:.2f}.')
+    names = np.asarray(labels, dtype=object)
+    table = pd.DataFrame({'truth': names[truth], 'prediction': names[probabilities.argmax(1)]},
+                         index=pd.Index(data.sample_ids[rows], name='sample-id'))
+    for c, name in enumerate(labels):
+        table[f'prob:{name}'] = probabilities[:, c]
+    table['member'] = np.repeat(np.arange(len(folds)), [len(held) for _, held in folds])
+    return fitted, table.sort_index()
 
 
 def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names):
     """Train ensemble member ``member``: its own seed, hence its own initial weights,
-    batch order, dropout and read subsampling. Every member trains on ``rows``, the split
-    of ``random_seed``: with splits of their own, members stopped at unlike epochs and
-    the ensemble scored lower on sleep-apnea (benchmarks/results.md)."""
+    batch order, dropout and read subsampling. Every member validates on the split of
+    ``random_seed``: with validation splits of their own, members stopped at unlike epochs
+    and the ensemble scored lower on sleep-apnea (benchmarks/results.md). A calibrated
+    classifier's members each fit all training rows but their own fold."""
     seed = p['random_seed'] + member
     if p['ensemble_size'] > 1:
         _inputs.note(f"ensemble member {member + 1} of {p['ensemble_size']} (seed {seed})")
@@ -270,6 +324,9 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
     device = resolve_device(device)
     outputs = [engine_predict(member, data, batch_size=batch_size, device=device)['prediction']
                for member in model.build_models()]
+    if model.task == 'classification' and model.config.get('calibration'):
+        outputs = [calibration.apply_class_calibration(raw, model.config['calibration'])
+                   for raw in outputs]
     raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
     return pd.Index(data.sample_ids, name='id'), raw
 

@@ -53,14 +53,25 @@ def _figure(model: SavedModel, table):
     return plots.regression_figure(truth, predicted), m
 
 
+def out_of_fold(model: SavedModel):
+    """Whether the validation rows are a calibrated classifier's out-of-fold predictions
+    (fit stores them there when it holds no validation split out)."""
+    config = model.config
+    return bool(config.get('calibration')) and not config['training'].get('validation_size')
+
+
 def plot_validation(output_dir: str, model: SavedModel) -> None:
     figures = []
     validation = ensemble_validation(model)
     figure, scores = _figure(model, validation)
+    cross_fitted = out_of_fold(model)
     if figure is not None:
         plots.save_figure(figure, os.path.join(output_dir, 'validation'))
         title = TITLES[model.task]
-        if model.ensemble_size > 1:
+        if cross_fitted:
+            title = ('Confusion matrix of the out-of-fold predictions (each training sample '
+                     'predicted by the ensemble member that did not fit it, calibrated)')
+        elif model.ensemble_size > 1:
             title += f' (the {model.ensemble_size} ensemble members\' predictions averaged)'
         figures.append(('validation', title))
     history = model.history
@@ -75,7 +86,8 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     summary = [('task', model.task), ('best epoch', config.get('best_epoch')),
                ('epochs run', config.get('epochs_run')),
                ('training samples', config.get('training', {}).get('samples')),
-               ('validation samples', model.validation.index.nunique())]
+               ('out-of-fold samples' if cross_fitted else 'validation samples',
+                model.validation.index.nunique())]
     if model.ensemble_size > 1:    # the figure and scores are the members' average
         summary.insert(1, ('ensemble members', model.ensemble_size))
     if config.get('training', {}).get('target_column'):
@@ -88,6 +100,7 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
         q2templates.render(str(path), output_dir, context={
             'title': f'q2-aam {model.task} model',
             'has_validation': len(model.validation) > 0,
+            'out_of_fold': cross_fitted,
             'summary': [(html.escape(str(k)), html.escape(str(v))) for k, v in summary],
             'figures': figures,
             'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)

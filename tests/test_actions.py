@@ -379,6 +379,134 @@ def test_ensemble_validation_of_a_classifier_averages_probabilities():
     assert combined['prediction'].tolist() == ['a', 'b']
 
 
+# -- calibration: cross-fitted members, a temperature and class biases ----------------
+
+@pytest.fixture(scope='module')
+def calibrated():
+    """Three members and no validation split: each member fits two of three folds."""
+    return _fit(body_site(), ensemble_size=3, validation_size=0.0, calibrate=True)
+
+
+def _probabilities(model, table, seqs):
+    return predict_probabilities(model=model, table=table, sequences=seqs) \
+        .probabilities.view(pd.DataFrame)
+
+
+def _without_calibration(artifact):
+    saved = artifact.view(SavedModel)
+    return qiime2.Artifact.import_data(str(artifact.type), SavedModel(
+        {**saved.config, 'calibration': None}, saved.state_dict, saved.history,
+        saved.validation, saved.tensorboard))
+
+
+def test_calibrated_members_predict_the_fold_each_did_not_fit(calibrated):
+    saved = calibrated.view(SavedModel)
+    n_train = 34 - len(held_out_ids())
+    cal = saved.config['calibration']
+    assert cal['out_of_fold_samples'] == n_train and saved.config['training']['calibrate']
+    assert cal['temperature'] > 0 and len(cal['bias']) == 4
+    assert sum(cal['bias']) == pytest.approx(0, abs=1e-9)
+    # the validation rows are the out-of-fold predictions: every training sample once
+    rows = saved.validation
+    train_ids = set(metadata().get_ids()) - set(held_out_ids())
+    assert rows.index.is_unique and set(rows.index) == train_ids
+    sizes = rows['member'].value_counts()
+    assert sorted(sizes.index) == [0, 1, 2] and sizes.max() - sizes.min() <= 1
+    assert cal['calibrated_accuracy'] == pytest.approx((rows['truth'] == rows['prediction'])
+                                                       .mean())
+    # and each row is what its member, calibrated, predicts for that sample
+    train_table, train_seqs, _, _ = split()
+    for m in range(3):
+        mine = rows[rows['member'] == m]
+        got = _probabilities(_member_artifact(calibrated, m), train_table, train_seqs)
+        np.testing.assert_allclose(got.loc[mine.index, LABELS].to_numpy(),
+                                   mine[[f'prob:{c}' for c in LABELS]].to_numpy(), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_each_member_trains_without_its_fold(monkeypatch):
+    import q2_aam._actions as actions
+    seen = []
+
+    def recording_train(model, data, train_rows, val_rows, settings, **kwargs):
+        seen.append(set(data.sample_ids[train_rows]))
+        return real_train(model, data, train_rows, val_rows, settings, **kwargs)
+    real_train = actions.train
+    monkeypatch.setattr(actions, 'train', recording_train)
+    saved = _fit(body_site(), ensemble_size=3, validation_size=0.0,
+                 calibrate=True).view(SavedModel)
+    rows = saved.validation
+    every = set(rows.index)
+    assert len(seen) == 3
+    for m, fitted in enumerate(seen):
+        assert fitted == every - set(rows.index[rows['member'] == m]), m
+
+
+def test_predictions_apply_the_calibration_to_every_member(calibrated):
+    _, _, test_table, test_seqs = split()
+    cal = calibrated.view(SavedModel).config['calibration']
+    member = _member_artifact(calibrated, 1)
+    calibrated_p = _probabilities(member, test_table, test_seqs)
+    raw_p = _probabilities(_without_calibration(member), test_table, test_seqs)
+    from q2_aam.engine.calibration import log_softmax
+    expected = np.exp(log_softmax(np.log(raw_p.to_numpy()) / cal['temperature']
+                                  + np.array(cal['bias'])))
+    np.testing.assert_allclose(calibrated_p.to_numpy(), expected, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(calibrated_p.to_numpy(), raw_p.to_numpy(), atol=1e-4)
+    # the ensemble averages its calibrated members
+    members = [_probabilities(_member_artifact(calibrated, m), test_table, test_seqs)
+               for m in range(3)]
+    pd.testing.assert_frame_equal(_probabilities(calibrated, test_table, test_seqs),
+                                  sum(members) / 3, rtol=1e-5)
+
+
+def test_calibration_is_announced_and_needs_an_ensemble(capsys):
+    _fit(body_site(), ensemble_size=2, validation_size=0.0, calibrate=True)
+    n_train = 34 - len(held_out_ids())
+    assert f'q2-aam: calibrated on {n_train} out-of-fold predictions: accuracy ' in \
+        capsys.readouterr().out
+    single = _fit(body_site(), ensemble_size=1, calibrate=True)
+    assert ("q2-aam: no calibration: it is fitted to the out-of-fold predictions of an "
+            "ensemble's members, and ensemble_size is 1.") in capsys.readouterr().out
+    assert single.view(SavedModel).config['calibration'] is None
+    off = _fit(body_site(), ensemble_size=2)          # the default: no calibration
+    assert off.view(SavedModel).config['calibration'] is None
+    assert not off.view(SavedModel).config['training']['calibrate']
+    assert 'calibrat' not in capsys.readouterr().out
+
+
+def test_a_regressor_is_not_calibrated_and_says_so(capsys, monkeypatch):
+    import q2_aam._actions as actions
+    sizes = []
+
+    def recording_train(model, data, train_rows, val_rows, settings, **kwargs):
+        sizes.append(len(train_rows))
+        return real_train(model, data, train_rows, val_rows, settings, **kwargs)
+    real_train = actions.train
+    monkeypatch.setattr(actions, 'train', recording_train)
+    saved = _fit(days(), ensemble_size=2, validation_size=0.0,
+                 calibrate=True).view(SavedModel)
+    assert ('q2-aam: no calibration: calibrate applies to classifiers, and this fit '
+            'predicts a number.') in capsys.readouterr().out
+    assert saved.config['calibration'] is None
+    assert sizes == [34 - len(held_out_ids())] * 2      # every member fits every sample
+
+
+def test_plot_validation_shows_the_out_of_fold_predictions(calibrated, tmp_path):
+    visualization, = plot_validation(model=calibrated)
+    visualization.export_data(str(tmp_path))
+    html = (tmp_path / 'index.html').read_text()
+    n_train = 34 - len(held_out_ids())
+    assert f'<tr><th>out-of-fold samples</th><td>{n_train}</td></tr>' in html
+    assert 'Confusion matrix of the out-of-fold predictions' in html
+    assert 'its ensemble members were cross-fitted' in html
+    assert 'held no samples out for validation (<code>--p-validation-size 0</code>,\n    the ' \
+        'default of <code>fit</code>): it trained' not in html
+    accuracy = calibrated.view(SavedModel).config['calibration']['calibrated_accuracy']
+    assert f'<tr><th>accuracy</th><td>{accuracy:.4f}</td></tr>' in html
+    assert (tmp_path / 'validation.png').is_file()
+
+
 # -- plot_validation and q2-sample-classifier's visualizers --------------------------
 
 @pytest.mark.parametrize('make, title, metrics, column', [

@@ -234,6 +234,30 @@ def test_bad_ensemble_size(saved_dir, size, message):
         checkpoint.validate(directory)
 
 
+@pytest.mark.parametrize('calibration, message', [
+    ({'temperature': 1.5, 'bias': [0.1, -0.1]}, None),
+    ({'temperature': 0.0, 'bias': [0.1, -0.1]}, 'positive temperature and 2 finite biases'),
+    ({'temperature': 1.0, 'bias': [0.1]}, 'found temperature 1.0 and 1 biases'),
+    ({'temperature': 'hot', 'bias': [0, 0]}, 'needs a number "temperature"'),
+    ({'bias': [0, 0]}, 'needs a number "temperature"')])
+def test_a_classifier_calibration_is_checked(saved_dir, calibration, message):
+    _, directory = saved_dir
+    _edit_config(directory, calibration=calibration)
+    if message is None:
+        assert checkpoint.load(directory).config['calibration'] == calibration
+    else:
+        with pytest.raises(ModelFileError, match=message):
+            checkpoint.validate(directory)
+
+
+def test_only_a_classifier_is_calibrated(tmp_path):
+    checkpoint.save(_saved('regression', 1, labels=None), tmp_path)
+    _edit_config(tmp_path, calibration={'temperature': 1.0, 'bias': [0.0]})
+    with pytest.raises(ModelFileError, match="only a classifier is calibrated, but this "
+                                             "'regression' model"):
+        checkpoint.validate(tmp_path)
+
+
 def test_an_encoder_cannot_be_an_ensemble(tmp_path):
     config = checkpoint.make_config(tiny_config(), 64, 40, extra={'ensemble_size': 2})
     state = tiny_model().state_dict()

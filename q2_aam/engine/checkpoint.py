@@ -5,6 +5,7 @@ Loading never unpickles code: ``model.pt`` is read with ``torch.load(weights_onl
 and must be a flat mapping of names to tensors that matches the config's architecture.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +180,28 @@ def read_config(directory):
             model_config.n_outputs:
         raise ModelFileError('config.json: a classifier needs one label per output '
                              f"({model_config.n_outputs}), found {config.get('labels')!r}.")
+    _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)
     return config
+
+
+def _check_calibration(calibration, task, n_outputs):
+    """A classifier's calibration: a positive finite temperature, one bias per class."""
+    if calibration is None:
+        return
+    if task != 'classification':
+        raise ModelFileError(f'config.json: only a classifier is calibrated, but this {task!r} '
+                             'model has a calibration.')
+    try:
+        temperature = float(calibration['temperature'])
+        bias = [float(b) for b in calibration['bias']]
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError('config.json: calibration needs a number "temperature" and a '
+                             f'list of numbers "bias"; found {calibration!r}.') from None
+    if not (math.isfinite(temperature) and temperature > 0) or len(bias) != n_outputs or \
+            not all(math.isfinite(b) for b in bias):
+        raise ModelFileError(f'config.json: calibration needs a positive temperature and '
+                             f'{n_outputs} finite biases (one per class); found temperature '
+                             f'{temperature} and {len(bias)} biases.')
 
 
 def read_state_dict(path):
