@@ -257,7 +257,7 @@ def fit(
     return _saved(cfg, p, settings, results, sample_ids, labels=labels,
                   extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
                          'freeze_encoder': freeze_encoder},
-                  cross_fitted=cross_fit and _calibrate(data, folds, held_out, labels))
+                  cross_fitted=_calibrate(data, folds, held_out, labels) if cross_fit else None)
 
 
 def _held_out_outputs(cfg, result, data, rows, device):

@@ -57,7 +57,8 @@ def out_of_fold(model: SavedModel):
     """Whether the validation rows are a calibrated classifier's out-of-fold predictions
     (fit stores them there when it holds no validation split out)."""
     config = model.config
-    return bool(config.get('calibration')) and not config['training'].get('validation_size')
+    return bool(config.get('calibration')) and \
+        not config.get('training', {}).get('validation_size')
 
 
 def plot_validation(output_dir: str, model: SavedModel) -> None:

@@ -144,9 +144,9 @@ descriptions = {
                        'outliers).',
     'ensemble_size': 'Train this many models, each with its own seed (random_seed, '
                      'random_seed + 1, ...) and so its own initial weights, batch order '
-                     'and read subsampling, on the same samples (a calibrated '
-                     'classifier\'s members: each on all but its own fold, see calibrate), '
-                     'and average their predictions. Each model costs a full training run; averaging '
+                     'and read subsampling, on the same samples (with calibrate, each '
+                     'classifier member on all but its own fold), and average their '
+                     'predictions. Each model costs a full training run; averaging '
                      'reduces the run-to-run variance that small studies suffer from (see '
                      'benchmarks/results.md). 1 = a single model.',
     'rarefy_depth': 'Each epoch, subsample every training sample\'s reads to about this '
@@ -154,13 +154,15 @@ descriptions = {
                     'augmentation: rare ASVs come and go between epochs, so the model '
                     'cannot lean on any one of them. Samples with fewer reads are used '
                     'whole; validation and prediction read every read.',
-    'calibrate': 'Classifiers with ensemble_size of at least 2: the training samples are dealt into '
-                 'one fold per member (stratified by class); each member fits all folds '
-                 'but its own and predicts that one, and a temperature and one bias per class are fitted to those '
-                 'out-of-fold predictions and applied to every prediction. The out-of-fold '
-                 'predictions become the model\'s validation rows when there is no '
-                 'validation split, so plot-validation shows an honest confusion matrix. '
-                 'Regressors are not calibrated; this setting does not change them.',
+    'calibrate': 'Classifiers with ensemble_size of at least 2: deal the training '
+                 'samples into one fold per member (stratified by class); each member '
+                 'fits all folds but its own and predicts that one, and a temperature '
+                 'and one bias per class fitted to those out-of-fold predictions are '
+                 'applied to every prediction. Without a validation split the out-of-fold '
+                 'predictions become the model\'s validation rows, so plot-validation '
+                 'shows a confusion matrix of samples each member did not fit. Off by '
+                 'default: each member fits fewer samples, which cost accuracy on '
+                 'moving-pictures (benchmarks/results.md). Regressors are not calibrated.',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }
