@@ -424,15 +424,21 @@ def test_calibrated_members_predict_the_fold_each_did_not_fit(calibrated):
                                    atol=1e-6)
 
 
-def test_each_member_trains_without_its_fold(monkeypatch):
+@pytest.fixture
+def trained_samples(monkeypatch):
+    """The sample IDs each training run of an action fits, one set per run."""
     import q2_aam._actions as actions
-    seen = []
+    seen, real_train = [], actions.train
 
     def recording_train(model, data, train_rows, val_rows, settings, **kwargs):
         seen.append(set(data.sample_ids[train_rows]))
         return real_train(model, data, train_rows, val_rows, settings, **kwargs)
-    real_train = actions.train
     monkeypatch.setattr(actions, 'train', recording_train)
+    return seen
+
+
+def test_each_member_trains_without_its_fold(trained_samples):
+    seen = trained_samples
     saved = _fit(body_site(), ensemble_size=3, validation_size=0.0,
                  calibrate=True).view(SavedModel)
     rows = saved.validation
@@ -475,20 +481,13 @@ def test_calibration_is_announced_and_needs_an_ensemble(capsys):
     assert 'calibrat' not in capsys.readouterr().out
 
 
-def test_a_regressor_is_not_calibrated_and_says_so(capsys, monkeypatch):
-    import q2_aam._actions as actions
-    sizes = []
-
-    def recording_train(model, data, train_rows, val_rows, settings, **kwargs):
-        sizes.append(len(train_rows))
-        return real_train(model, data, train_rows, val_rows, settings, **kwargs)
-    real_train = actions.train
-    monkeypatch.setattr(actions, 'train', recording_train)
+def test_a_regressor_is_not_calibrated_and_says_so(capsys, trained_samples):
     saved = _fit(days(), ensemble_size=2, validation_size=0.0,
                  calibrate=True).view(SavedModel)
     assert ('q2-aam: no calibration: calibrate applies to classifiers, and this fit '
             'predicts a number.') in capsys.readouterr().out
     assert saved.config['calibration'] is None
+    sizes = [len(fitted) for fitted in trained_samples]
     assert sizes == [34 - len(held_out_ids())] * 2      # every member fits every sample
 
 
