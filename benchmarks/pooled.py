@@ -43,6 +43,32 @@ def load(paths):
     return df
 
 
+def merge_classes(df, spec):
+    """Score classes as one, e.g. 'palm=left palm,right palm': truth and each model's call
+    are relabelled and the classes' probabilities summed. Why: on moving-pictures no model
+    tells the hands apart (benchmarks/palm_signal.py); merged, the score says how well each
+    model knows the body sites that can be learnt."""
+    name, sep, members = spec.partition('=')
+    members = [m.strip() for m in members.split(',') if m.strip()]
+    if not sep or not name.strip() or len(members) < 2:
+        raise SystemExit(f'--merge {spec!r}: write the new class, "=", and two or more classes '
+                         'separated by commas, e.g. --merge "palm=left palm,right palm"')
+    known = set(df.truth.astype(str))
+    missing = [m for m in members if m not in known]
+    if missing:
+        raise SystemExit(f'--merge: {len(missing)} of the classes to merge are not a true class '
+                         f'in these predictions: {missing}; the classes are {sorted(known)}')
+    name = name.strip()
+    relabel = {m: name for m in members}
+    out = df.assign(truth=df.truth.replace(relabel), prediction=df.prediction.replace(relabel))
+    columns = [f'p({m})' for m in members if f'p({m})' in df]
+    if columns:
+        out = out.drop(columns=columns)
+        out.insert(out.columns.get_loc(columns[0]) if columns[0] in out else len(out.columns),
+                   f'p({name})', df[columns].sum(axis=1, min_count=len(columns)))
+    return out
+
+
 def common_splits(df):
     """Only the splits (per data set) that every model in the files ran, so that the summary
     compares like with like."""
@@ -64,6 +90,9 @@ def split_scores(df):
             classes = [c[2:-1] for c in probs]
             truth = g['truth'].map({c: i for i, c in enumerate(classes)}).to_numpy()
             rec.update(score(truth, g[probs].to_numpy(), classes))
+            # the calls as written, not the argmax of the probabilities: the two agree until
+            # --merge sums classes, and then a call of either merged class is that class
+            rec['accuracy'] = float((g['prediction'] == g['truth']).mean())
             p_true = g[probs].to_numpy()[np.arange(len(g)), truth]
             rec['log_loss'] = float(-np.log(np.maximum(p_true, LOG_LOSS_FLOOR)).mean())
         else:
@@ -145,8 +174,13 @@ def main(argv=None):
                    'with (default: rf, the random forest)')
     p.add_argument('--common-splits', action='store_true', help='keep only the splits that '
                    'every model ran (per data set)')
+    p.add_argument('--merge', action='append', default=[], metavar='NEW=A,B',
+                   help='score classes A and B as one class NEW (repeatable), e.g. '
+                   '--merge "palm=left palm,right palm"')
     args = p.parse_args(argv)
     df = load(args.predictions)
+    for spec in args.merge:
+        df = merge_classes(df, spec)
     if args.common_splits:
         df = common_splits(df)
     scores = split_scores(df)

@@ -223,6 +223,107 @@ def test_pooled_regression_and_duplicate_predictions(accuracy, pooled, tmp_path)
         pooled.load([path, path])
 
 
+def test_pooled_merge_scores_the_calls_of_merged_classes_as_one(accuracy, pooled, tmp_path):
+    from sklearn.metrics import roc_auc_score
+    proba = np.array([[.4, .3, .3, 0], [0, .2, .8, 0], [0, .1, .9, 0], [0, 0, 0, 1.]])
+    path = tmp_path / 'aam.tsv'
+    write_split(accuracy, path, 'aam', 1, 0, proba)       # truths a, b, c, d; b called c
+    df = pooled.load([path])
+    assert pooled.split_scores(df).iloc[0].accuracy == 0.75
+    merged = pooled.merge_classes(df, 'bc = b, c')
+    assert list(merged.truth) == ['a', 'bc', 'bc', 'd']
+    assert list(merged.prediction) == ['a', 'bc', 'bc', 'd']
+    assert [c for c in merged.columns if c.startswith('p(')] == ['p(a)', 'p(d)', 'p(bc)']
+    np.testing.assert_allclose(merged['p(bc)'], [.6, 1., 1., 0.])
+    s = pooled.split_scores(merged).iloc[0]
+    # a is called a although b and c together have 0.6: the call counts, not the summed argmax
+    assert s.accuracy == 1.0
+    assert s.auroc == pytest.approx(roc_auc_score(
+        [0, 2, 2, 1], np.c_[proba[:, 0], proba[:, 3], proba[:, 1] + proba[:, 2]],
+        multi_class='ovr', average='macro'))
+    assert s.log_loss == pytest.approx(-np.log([.4, 1., 1., 1.]).mean())
+    text = pooled.main([str(path), '--merge', 'bc=b,c', '--reference', 'aam'])
+    assert '| model | a | bc | d |' in text and '| aam | 1/1 | 2/2 | 1/1 |' in text
+    with pytest.raises(SystemExit, match='write the new class, "=", and two or more classes'):
+        pooled.merge_classes(df, 'b,c')
+    with pytest.raises(SystemExit, match=r"1 of the classes to merge are not a true class in "
+                                         r"these predictions: \['x'\]; the classes are "
+                                         r"\['a', 'b', 'c', 'd'\]"):
+        pooled.merge_classes(df, 'bx=b,x')
+
+
+@pytest.fixture(scope='module')
+def palm_signal():
+    spec = importlib.util.spec_from_file_location('palm_signal_benchmark',
+                                                  SCRIPT.parent / 'palm_signal.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_palm_signal_rarefies_to_one_depth_without_inventing_reads(palm_signal):
+    counts = np.array([[5, 0, 3, 2], [1, 1, 1, 7], [0, 0, 10, 0]])
+    even = palm_signal.rarefy(counts, 6, seed=0)
+    assert (even.sum(1) == 6).all() and (even <= counts).all()
+    np.testing.assert_array_equal(even[2], [0, 0, 6, 0])
+    with pytest.raises(ValueError, match='sample row 0 has 10 reads, fewer than 11'):
+        palm_signal.rarefy(counts, 11, seed=0)
+
+
+def test_palm_signal_holding_out_groups_can_score_below_a_coin(palm_signal):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    y = np.array([0, 1, 0, 1, 0, 1])
+    groups = np.array(['d1', 'd1', 'd2', 'd2', 'd3', 'd3'])
+    label = y[:, None].astype(float)
+    assert palm_signal.leave_group_out_accuracy(
+        label, y, groups, lambda: KNeighborsClassifier(1)) == 1.0
+    # each sample alone: the training part always has more of the other label
+    assert palm_signal.leave_group_out_accuracy(
+        label, y, np.arange(6), lambda: DummyClassifier(strategy='most_frequent')) == 0.0
+
+
+def test_palm_signal_finds_other_hands_and_whether_they_were_trained_on(palm_signal):
+    import pandas as pd
+    ids = np.array(['L', 'R', 'G', 'L2'], dtype=object)
+    groups = np.array(['p1', 'p1', 'p1', 'p2'], dtype=object)
+    twin = palm_signal.other_hand(ids, groups, rows=[0, 1, 3])       # G is not a palm
+    assert twin == {'L': 'R', 'R': 'L'}
+    pred = pd.DataFrame({'model': ['rf'] * 3, 'split_seed': [0] * 3, 'fold': [0, 0, 1],
+                         'sample_id': ['L', 'R', 'L'], 'truth': ['left', 'right', 'left'],
+                         'prediction': ['left', 'left', 'right']})
+    effect = palm_signal.twin_effect(pred, twin).set_index('twin_in_training')
+    assert effect.loc[False, ['palms', 'right']].tolist() == [2, 1]  # fold 0 tests both
+    assert effect.loc[True, ['palms', 'right']].tolist() == [1, 0]   # fold 1 trains on R
+    with pytest.raises(SystemExit, match='no palm with an other-hand twin'):
+        palm_signal.twin_effect(pred, {'X': 'Y'})
+
+
+def test_palm_signal_lists_palms_that_look_like_another_site(palm_signal):
+    counts = np.array([[10, 0, 0, 5], [0, 8, 8, 0], [0, 9, 7, 0], [20, 0, 1, 10.]])
+    is_palm = np.array([True, True, True, False])
+    found = palm_signal.lookalikes(counts, [0, 1, 2], is_palm)
+    assert [(r, n) for r, n, _, _ in found] == [(0, 3)]              # 1 and 2 are palms
+    r, n, d, d_palm = found[0]
+    assert d < .05 and d_palm == 1.0
+
+
+def test_palm_signal_on_moving_pictures(palm_signal):
+    if not (palm_signal.load_dataset.__globals__['DATA'] / 'moving-pictures').exists():
+        pytest.skip('no moving-pictures data on this machine')
+    text = palm_signal.main(['--predictions', 'none.tsv'])
+    rows = {tuple(c.strip() for c in l.strip('|').split('|')[:2]): float(
+        l.split('|')[3].split()[0]) for l in text.splitlines() if l.startswith('| ') and
+        ('as sequenced' in l or 'subsampled' in l or 'depth alone' in l)}
+    depth = rows[('depth alone', 'random forest, log total reads')]
+    assert depth > max(v for k, v in rows.items() if k[0].startswith('subsampled'))
+    found = [l.split('|')[1].split()[0] for l in text.splitlines() if '(right palm)' in l or
+             '(left palm)' in l]
+    assert sorted(found) == ['L2S240', 'L3S242', 'L3S378']
+    assert text.endswith('(No predictions file at none.tsv: the table of palm calls by whether '
+                         'the other hand was in training is left out.)')
+
+
 def toy_amplicons(accuracy, n=24, features=30, seed=0):
     """A small classification data set with real-looking inputs, to run q2-aam on."""
     import scipy.sparse
