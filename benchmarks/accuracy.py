@@ -195,6 +195,7 @@ class AAMVariant:
 @dataclass
 class RFVariant:
     description: str
+    relative: bool = False        # each sample's counts divided by its reads (depth removed)
 
 
 @dataclass
@@ -222,6 +223,8 @@ TUNED_BEFORE_KMERS = dict(embedding_dim=32, attention_layers=1, max_asvs=64, bat
 
 VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
+    'rf-relative': RFVariant("the same forest on relative abundance: context for how much of "
+                             "its score comes from sequencing depth", relative=True),
     'linear': LinearVariant("ridge (regression) / logistic regression (classification) on "
                             "log(relative abundance + 1e-5), penalty by inner CV"),
     'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining)",
@@ -387,14 +390,18 @@ def _fit_and_predict(est, X, ds, train_rows, test_rows):
                   'train_samples_per_second': len(train_rows) / seconds}
 
 
-def run_rf(ds, train_rows, test_rows, fold):
+def run_rf(v, ds, train_rows, test_rows, fold):
     """q2-sample-classifier's default estimator: DictVectorizer over raw counts (feature
-    columns in sorted ID order) -> RandomForest{Regressor,Classifier}(n_estimators=100)."""
+    columns in sorted ID order) -> RandomForest{Regressor,Classifier}(n_estimators=100).
+    With v.relative, the same forest on relative abundance."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     order = np.argsort(ds.feature_ids.astype(str))
+    X = ds.counts[:, order]
+    if v.relative:
+        X = X.multiply(1.0 / np.asarray(X.sum(1))).tocsr()
     Est = RandomForestRegressor if ds.task == 'regression' else RandomForestClassifier
     return _fit_and_predict(Est(n_estimators=100, random_state=fold, n_jobs=1),
-                            ds.counts[:, order], ds, train_rows, test_rows)
+                            X, ds, train_rows, test_rows)
 
 
 def run_linear(v, ds, train_rows, test_rows):
@@ -450,7 +457,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     for fold, (tr, te) in splits:
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
-            pred, info = run_rf(ds, tr, te, fold)
+            pred, info = run_rf(variant, ds, tr, te, fold)
         elif isinstance(variant, LinearVariant):
             pred, info = run_linear(variant, ds, tr, te)
         else:

@@ -252,6 +252,24 @@ def test_pooled_merge_scores_the_calls_of_merged_classes_as_one(accuracy, pooled
         pooled.merge_classes(df, 'bx=b,x')
 
 
+def test_rf_relative_sees_composition_only_and_rf_sees_depth(accuracy):
+    import scipy.sparse
+    composition = np.array([5., 3., 2., 0.])
+    depth = np.array([1, 10, 1, 10, 1, 10, 1, 10, 2, 20])             # class = deep or not
+    y = (depth >= 10).astype(np.int64)
+    ds = accuracy.Dataset('toy', 'site', 'classification',
+                          scipy.sparse.csr_matrix(depth[:, None] * composition),
+                          None, np.array(['d', 'c', 'b', 'a'], dtype=object), [], None, y,
+                          classes=['shallow', 'deep'])
+    train, test = np.arange(8), np.array([8, 9])       # depths 2 and 20: never seen
+    raw, _ = accuracy.run_rf(accuracy.VARIANTS['rf'], ds, train, test, fold=0)
+    rel, _ = accuracy.run_rf(accuracy.VARIANTS['rf-relative'], ds, train, test, fold=0)
+    assert raw.argmax(1).tolist() == [0, 1]
+    # identical compositions: one answer for both, only the bootstrap's class shares
+    np.testing.assert_array_equal(rel[0], rel[1])
+    assert rel.max() < 0.7
+
+
 @pytest.fixture(scope='module')
 def palm_signal():
     spec = importlib.util.spec_from_file_location('palm_signal_benchmark',
