@@ -562,7 +562,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--datasets', default=','.join(DATASETS),
                    help=f"comma-separated, from: {', '.join(DATASETS)}")
-    p.add_argument('--variants', default='rf,aam,aam-pretrained')
+    p.add_argument('--variants', default='rf,rf-relative,aam,aam-pretrained',
+                   help='comma-separated VARIANTS keys; rf-relative (the forest on relative '
+                   'abundance) costs seconds and shows what the forest gets from depth')
     p.add_argument('--folds', type=int, default=5, help='folds / seeds per data set (max 5 '
                    'for the grouped ones)')
     p.add_argument('--only-folds', default='', metavar='I,J',
