@@ -64,8 +64,7 @@ def merge_classes(df, spec):
     columns = [f'p({m})' for m in members if f'p({m})' in df]
     if columns:
         out = out.drop(columns=columns)
-        out.insert(out.columns.get_loc(columns[0]) if columns[0] in out else len(out.columns),
-                   f'p({name})', df[columns].sum(axis=1, min_count=len(columns)))
+        out[f'p({name})'] = df[columns].sum(axis=1, min_count=len(columns))
     return out
 
 
