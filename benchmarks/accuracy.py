@@ -71,6 +71,28 @@ DATASETS = {
 }
 
 
+# The same rows with every sample subsampled once (seed 0) to the smallest sample's depth,
+# so that no model can score from sequencing depth: on moving-pictures depth alone tells the
+# palms apart (benchmarks/palm_signal.py). Not in the default --datasets.
+RAREFIED = {
+    'moving-pictures-rarefied': 'moving-pictures',
+    'moving-pictures-by-day-rarefied': 'moving-pictures-by-day',
+}
+
+
+def rarefy_counts(counts, depth, seed):
+    """Each row (a sample's integer counts, dense) subsampled without replacement to
+    `depth` reads."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(counts)
+    for i, row in enumerate(counts):
+        if row.sum() < depth:
+            raise ValueError(f'sample row {i} has {int(row.sum())} reads, fewer than {depth}')
+        reads = np.repeat(np.arange(len(row)), row)
+        np.add.at(out[i], rng.choice(reads, depth, replace=False), 1)
+    return out
+
+
 def _read_fasta(path):
     seqs, name = {}, None
     for line in open(path):
@@ -86,6 +108,15 @@ def _read_fasta(path):
 def load_dataset(key):
     import biom
     import pandas as pd
+    if key in RAREFIED:
+        import scipy.sparse
+        ds = load_dataset(RAREFIED[key])
+        counts = ds.counts.toarray().astype(np.int64)
+        counts = rarefy_counts(counts, int(counts.sum(1).min()), seed=0)
+        kept = counts.sum(0) > 0                   # ASVs that no subsample drew are gone
+        return replace(ds, name=key, feature_ids=ds.feature_ids[kept],
+                       counts=scipy.sparse.csr_matrix(counts[:, kept], dtype=np.float64),
+                       sequences=[q for q, k in zip(ds.sequences, kept) if k])
     folder, target, task, group_cols = DATASETS[key]
     d = DATA / folder
     table = biom.load_table(str(d / 'table.biom'))
@@ -561,7 +592,8 @@ def format_table(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--datasets', default=','.join(DATASETS),
-                   help=f"comma-separated, from: {', '.join(DATASETS)}")
+                   help=f"comma-separated, from: {', '.join([*DATASETS, *RAREFIED])} "
+                   f"(default: {', '.join(DATASETS)})")
     p.add_argument('--variants', default='rf,rf-relative,aam,aam-pretrained',
                    help='comma-separated VARIANTS keys; rf-relative (the forest on relative '
                    'abundance) costs seconds and shows what the forest gets from depth')

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import load_dataset  # noqa: E402  (the benchmark's own data loading)
+from accuracy import load_dataset, rarefy_counts  # noqa: E402  (the benchmark's own)
 
 SEEDS = range(5)
 
@@ -36,18 +36,6 @@ def palm_rows(ds):
     rows = np.flatnonzero(np.isin(ds.y, palms))
     left = ds.classes.index('left palm')
     return rows, (ds.y[rows] == left).astype(int)
-
-
-def rarefy(counts, depth, seed):
-    """Each sample subsampled without replacement to `depth` reads (counts: dense, int)."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros_like(counts)
-    for i, row in enumerate(counts):
-        if row.sum() < depth:
-            raise ValueError(f'sample row {i} has {int(row.sum())} reads, fewer than {depth}')
-        reads = np.repeat(np.arange(len(row)), row)
-        np.add.at(out[i], rng.choice(reads, depth, replace=False), 1)
-    return out
 
 
 def leave_group_out_accuracy(features, y, groups, make_model):
@@ -83,7 +71,7 @@ def separability(counts, y, groups, seeds=SEEDS):
     depth = int(counts.sum(1).min())
     out = {}
     for seed in seeds:
-        even = rarefy(counts, depth, seed)
+        even = rarefy_counts(counts, depth, seed)
         for name, (make, transform) in models(seed).items():
             for label, c in (('as sequenced', counts), (f'subsampled to {depth} reads', even)):
                 out.setdefault((label, name), []).append(

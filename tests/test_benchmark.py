@@ -279,13 +279,32 @@ def palm_signal():
     return module
 
 
-def test_palm_signal_rarefies_to_one_depth_without_inventing_reads(palm_signal):
+def test_rarefy_counts_to_one_depth_without_inventing_reads(accuracy):
     counts = np.array([[5, 0, 3, 2], [1, 1, 1, 7], [0, 0, 10, 0]])
-    even = palm_signal.rarefy(counts, 6, seed=0)
+    even = accuracy.rarefy_counts(counts, 6, seed=0)
     assert (even.sum(1) == 6).all() and (even <= counts).all()
     np.testing.assert_array_equal(even[2], [0, 0, 6, 0])
+    np.testing.assert_array_equal(even, accuracy.rarefy_counts(counts, 6, seed=0))
     with pytest.raises(ValueError, match='sample row 0 has 10 reads, fewer than 11'):
-        palm_signal.rarefy(counts, 11, seed=0)
+        accuracy.rarefy_counts(counts, 11, seed=0)
+
+
+def test_rarefied_moving_pictures_keeps_every_sample_at_one_depth(accuracy):
+    if not (accuracy.DATA / 'moving-pictures' / 'table.biom').exists():
+        pytest.skip(f'{accuracy.DATA} has no moving-pictures data on this machine')
+    full = accuracy.load_dataset('moving-pictures-by-day')
+    even = accuracy.load_dataset('moving-pictures-by-day-rarefied')
+    assert even.name == 'moving-pictures-by-day-rarefied'
+    np.testing.assert_array_equal(even.sample_ids, full.sample_ids)
+    np.testing.assert_array_equal(even.groups, full.groups)
+    np.testing.assert_array_equal(even.y, full.y)
+    depth = np.asarray(even.counts.sum(1)).ravel()
+    assert (depth == np.asarray(full.counts.sum(1)).min()).all()
+    assert even.counts.shape[1] == len(even.feature_ids) == len(even.sequences)
+    assert even.counts.shape[1] < full.counts.shape[1]
+    assert (np.asarray(even.counts.sum(0)).ravel() > 0).all()
+    kept = {f: q for f, q in zip(full.feature_ids, full.sequences)}
+    assert all(kept[f] == q for f, q in zip(even.feature_ids, even.sequences))
 
 
 def test_palm_signal_holding_out_groups_can_score_below_a_coin(palm_signal):
