@@ -73,7 +73,8 @@ DATASETS = {
 
 # The same rows with every sample subsampled once (seed 0) to the smallest sample's depth,
 # so that no model can score from sequencing depth: on moving-pictures depth alone tells the
-# palms apart (benchmarks/palm_signal.py). Not in the default --datasets.
+# palms apart (benchmarks/palm_signal.py). Not in the default --datasets. The UniFrac matrix
+# stays the shipped one, from unrarefied counts: only the pretraining variants read it.
 RAREFIED = {
     'moving-pictures-rarefied': 'moving-pictures',
     'moving-pictures-by-day-rarefied': 'moving-pictures-by-day',
