@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
-from accuracy import _read_fasta  # noqa: E402  (one FASTA reader for both benchmarks)
+from accuracy import _read_fasta, rarefy_counts  # noqa: E402  (shared with accuracy.py)
 
 DATA = Path(os.environ.get('Q2_AAM_DATA', ROOT.parent / 'shared' / 'data')) / 'sleep-apnea-10422'
 
@@ -49,12 +49,8 @@ TARGETS = {'pretrain': 5.0, 'fit': 5.0, 'predict': 20.0, 'peak_gb': 2.0}
 
 def rarefy(counts, depth, seed):
     """Subsample every sample to ``depth`` reads without replacement; drops shallower ones."""
-    rng = np.random.default_rng(seed)
     keep = counts.sum(axis=1) >= depth
-    out = np.zeros_like(counts[keep])
-    for row, sample in enumerate(counts[keep]):
-        out[row] = rng.multivariate_hypergeometric(sample, depth)
-    return out, keep
+    return rarefy_counts(counts[keep], depth, seed), keep
 
 
 def load(rarefy_depth=1000, seed=0, max_asvs=1024, max_bp=150, npz=None):

@@ -289,6 +289,16 @@ def test_rarefy_counts_to_one_depth_without_inventing_reads(accuracy):
         accuracy.rarefy_counts(counts, 11, seed=0)
 
 
+def test_speed_rarefy_drops_shallower_samples_and_draws_like_accuracy(accuracy):
+    spec = importlib.util.spec_from_file_location('speed_benchmark', SCRIPT.parent / 'speed.py')
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    counts = np.array([[5, 0, 3, 2], [1, 1, 1, 2], [0, 0, 10, 0]])
+    even, keep = speed.rarefy(counts, 6, seed=0)
+    assert keep.tolist() == [True, False, True]                 # 5 reads < 6: left out
+    np.testing.assert_array_equal(even, accuracy.rarefy_counts(counts[keep], 6, seed=0))
+
+
 def test_rarefied_moving_pictures_keeps_every_sample_at_one_depth(accuracy):
     if not (accuracy.DATA / 'moving-pictures' / 'table.biom').exists():
         pytest.skip(f'{accuracy.DATA} has no moving-pictures data on this machine')
