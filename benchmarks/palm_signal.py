@@ -129,7 +129,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     ds = load_dataset('moving-pictures-by-day')          # groups = person-days
     rows, y = palm_rows(ds)
-    counts = np.asarray(ds.counts[rows].todense()).astype(np.int64)
+    every = ds.counts.toarray().astype(np.int64)                  # all samples, dense
+    counts = every[rows]
     groups = ds.groups[rows]
     lines = [f'{len(rows)} palms ({y.sum()} left), {len(np.unique(groups))} person-days, '
              f'each person-day held out in turn; a coin gets 0.5, always "right palm" '
@@ -143,7 +144,6 @@ def main(argv=None):
     for i in np.lexsort((depth, y)):
         lines.append(f'| {ds.sample_ids[rows[i]]} | {"left" if y[i] else "right"} | '
                      f'{groups[i]} | {depth[i]} | {asvs[i]} |')
-    every = np.asarray(ds.counts.todense())
     is_palm = np.isin(np.arange(len(ds.y)), rows)
     lines += ['', 'Palms whose nearest sample by composition (Bray-Curtis on relative '
               'abundance) is not a palm:', '',
