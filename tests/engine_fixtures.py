@@ -49,10 +49,11 @@ def toy_data(n_samples=10, n_features=14, seed=0, max_asvs=1024, max_bp=40,
                         targets=targets)
 
 
-def tiny_config(task='encoder', n_outputs=0, dim=16, max_bp=40, dropout=0.1):
+def tiny_config(task='encoder', n_outputs=0, dim=16, max_bp=40, dropout=0.1,
+                nucleotide_layers=None):
     return AAMConfig(task=task, n_outputs=n_outputs, max_bp=max_bp, embedding_dim=dim,
                      attention_heads=2, attention_layers=1, feedforward_mult=2,
-                     dropout=dropout)
+                     dropout=dropout, nucleotide_layers=nucleotide_layers)
 
 
 def tiny_model(task='encoder', n_outputs=0, seed=0, **kwargs):

@@ -341,3 +341,46 @@ def test_composition_path_adds_the_log_abundance_weighted_sum_of_asv_vectors():
         other = encoder(vectors, index, torch.tensor([[0.1, 0.9]]))
     assert torch.allclose(with_path - without_path, expected, atol=1e-5)
     assert not torch.allclose(without_path, other)      # abundance also enters the transformer
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_kmer_only_encoder_has_no_nucleotide_transformer_and_stays_finite(mode):
+    torch.manual_seed(0)
+    model = AAM(AAMConfig(task='regression', n_outputs=1, embedding_dim=16, attention_heads=2,
+                          attention_layers=1, nucleotide_layers=0, kmer_size=3))
+    getattr(model, mode)()
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith(('asv_encoder.transformer', 'asv_encoder.token',
+                                 'asv_encoder.position')) for n in names)
+    assert any(n.startswith('sample_encoder.transformer') for n in names)
+    out = model(TOKENS, INDEX, ABUNDANCE)
+    assert 'nuc_logits' not in out                 # no bases read, so none to predict
+    assert _all_finite(out)
+    out['prediction'].sum().backward()
+    assert model.asv_encoder.kmers.table.weight.grad.abs().sum() > 0
+    vectors, hidden = model.asv_encoder(TOKENS)
+    assert hidden is None
+    assert torch.equal(vectors, model.asv_encoder.kmers(TOKENS))
+
+
+def test_nucleotide_layers_default_to_attention_layers_and_are_checked():
+    cfg = AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=2)
+    assert cfg.nucleotide_layers is None and cfg.asv_layers == 2
+    assert len(AAM(cfg).asv_encoder.transformer.layers) == 2
+    cfg = AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=2, nucleotide_layers=1)
+    model = AAM(cfg)
+    assert len(model.asv_encoder.transformer.layers) == 1
+    assert len(model.sample_encoder.transformer.layers) == 2
+    with pytest.raises(ValueError, match='nucleotide_layers must be 0 or more, not -1'):
+        AAMConfig(nucleotide_layers=-1)
+    with pytest.raises(ValueError, match='nothing reads an ASV'):
+        AAMConfig(nucleotide_layers=0, kmer_size=0)
+
+
+def test_attention_weights_are_not_dropped_but_residual_paths_are():
+    """Attention-weight dropout kept CPU training off torch's fused attention (2x slower)."""
+    model = AAM(AAMConfig(embedding_dim=16, attention_heads=2, attention_layers=1, dropout=0.3))
+    for encoder in (model.asv_encoder, model.sample_encoder):
+        for layer in encoder.transformer.layers:
+            assert layer.self_attn.dropout == 0.0
+            assert layer.dropout1.p == 0.3 and layer.dropout.p == 0.3

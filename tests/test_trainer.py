@@ -54,6 +54,18 @@ def test_pretraining_records_its_losses():
     assert result.tensorboard and all(isinstance(v, bytes) for v in result.tensorboard.values())
 
 
+def test_a_kmer_only_encoder_pretrains_on_unifrac_without_a_nucleotide_loss():
+    data = toy_data()
+    model = tiny_model(nucleotide_layers=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, data, TRAIN, VAL, settings(nuc_weight=1.0))
+    h = result.history
+    assert np.isfinite(h['train_unifrac_loss']).all() and np.isfinite(h['val_total_loss']).all()
+    assert 'train_nuc_loss' not in h and 'val_nuc_loss' not in h
+    assert not torch.equal(before['asv_encoder.kmers.table.weight'],
+                           result.state_dict['asv_encoder.kmers.table.weight'])
+
+
 def test_a_given_target_scale_replaces_the_training_rows_own():
     data = toy_data(targets='regression', distances=False)
     _, _, own = regression_run()

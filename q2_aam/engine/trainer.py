@@ -84,7 +84,7 @@ def checkpoint_by_default(cfg, device):
     2 GB). Not for the small default (32 x 1): there it cost 40 % more CPU time and saved
     no measurable memory (benchmarks/results.md). Not on a GPU, where memory is ample.
     """
-    return device.type == 'cpu' and cfg.embedding_dim * cfg.attention_layers >= CHECKPOINT_FROM
+    return device.type == 'cpu' and cfg.embedding_dim * cfg.asv_layers >= CHECKPOINT_FROM
 
 
 def target_scale(values):
@@ -154,7 +154,9 @@ class Trainer:
             raise ValueError('This model predicts a target, but the data have no targets.')
         self.use_unifrac = data.distances is not None and settings.unifrac_weight > 0
         frozen = settings.freeze_encoder
-        self.use_nuc = settings.nuc_weight > 0 and settings.nuc_mask_ratio > 0 and not frozen
+        # a k-mer-only ASV encoder (nucleotide_layers 0) has no bases to predict
+        self.use_nuc = (settings.nuc_weight > 0 and settings.nuc_mask_ratio > 0 and not frozen
+                        and model.asv_encoder.reads_bases)
         self.weights = {'unifrac_loss': settings.unifrac_weight, 'nuc_loss': settings.nuc_weight,
                         'target_loss': settings.target_weight}
         if frozen:
