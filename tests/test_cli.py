@@ -26,14 +26,17 @@ def env(tmp_path_factory):
     environment.pop('CONDA_PREFIX', None)      # else q2cli keeps its cache in the env
     environment['XDG_CONFIG_HOME'] = str(tmp_path_factory.mktemp('q2cli-config'))
     environment['OMP_NUM_THREADS'] = '1'       # 2 shared cores: one torch thread is fastest
-    environment['TMPDIR'] = str(tmp_path_factory.mktemp('q2cli-tmp'))
     return environment
 
 
 @pytest.fixture(scope='module')
-def qiime(env):
+def qiime(env, tmp_path_factory):
+    """Runs one q2cli command, each in a TMPDIR of its own: rachis 2026.4 (Python 3.12)
+    leaves its cache lock held when a process exits, and the next process in the same
+    TMPDIR waited 3 minutes for it."""
     def run(*args, cwd=None, check=True):
-        result = subprocess.run([str(QIIME), *map(str, args)], cwd=cwd, env=env,
+        own = dict(env, TMPDIR=str(tmp_path_factory.mktemp('q2cli-tmp')))
+        result = subprocess.run([str(QIIME), *map(str, args)], cwd=cwd, env=own,
                                 capture_output=True, text=True, timeout=600)
         if check and result.returncode != 0:
             pytest.fail(f'qiime {" ".join(map(str, args))} exited {result.returncode}:\n'
