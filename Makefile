@@ -39,7 +39,12 @@ setup:
 		echo "==> QIIME 2 found in $(PY): installing q2-aam into it (pip install -e .)"; \
 		$(PY) -m pip install -e . && $(dir $(PY))qiime dev refresh-cache; \
 	fi
-	@$(PY) -c 'import torch' 2>/dev/null || echo "NOTE: PyTorch is missing; install it into this environment (pip install torch)."
+	@# torch >= 2.9 wants setuptools >= 77; an unpinned upgrade drops pkg_resources, which
+	@# QIIME 2 2024.x imports: keep setuptools below 81 (README, "Installing into ... conda")
+	@$(PY) -c 'import torch' 2>/dev/null || { echo "==> Installing PyTorch (with setuptools<81, so that qiime keeps working)"; \
+		$(PY) -m pip install torch "setuptools<81"; }
+	@$(dir $(PY))qiime info >/dev/null 2>&1 || { echo "ERROR: 'qiime info' fails in this environment after installing q2-aam."; \
+		echo "If it says No module named 'pkg_resources', run: $(PY) -m pip install 'setuptools<81'"; exit 1; }
 else
 setup: $(STAMP) $(CLI_CACHE)
 endif

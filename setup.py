@@ -19,7 +19,8 @@ setup(
     packages=find_packages(include=['q2_aam', 'q2_aam.*']),
     package_data={'q2_aam': ['citations.bib', 'assets/**/*', 'data/**/*']},
     include_package_data=True,
-    install_requires=['tqdm', 'tensorboard'],
+    # every import the package makes that QIIME 2 does not bring (the plots need matplotlib)
+    install_requires=['tqdm', 'tensorboard', 'matplotlib'],
     entry_points={'qiime2.plugins': ['q2-aam = q2_aam.plugin_setup:plugin']},
     zip_safe=False,
 )
