@@ -8,13 +8,14 @@ OUT=demo-output
 # The plugin's defaults, with a fixed seed; pretraining is kept short for the demo.
 TRAIN="--p-random-seed 42"
 rm -rf "$OUT" && mkdir -p "$OUT"
-# Run a training step, keep its full log, show the per-epoch lines (or the log on failure).
+# Run a training step, keep its full log, and show its notes and per-epoch lines as they
+# happen (a fit on a busy machine can take many minutes); on failure, the log's end.
 train_step() {
   local log=$OUT/$1.log; shift
-  if ! "$@" --verbose > "$log" 2>&1; then
+  if ! "$@" --verbose 2>&1 | tee "$log" | stdbuf -oL tr '\r' '\n' \
+      | { grep --line-buffered -E '^(epoch |Early stop|q2-aam:|Saved )' || true; }; then
     tr '\r' '\n' < "$log" | tail -40; echo "demo: step failed; full log in $log"; exit 1
   fi
-  tr '\r' '\n' < "$log" | grep -E '^(epoch |Early stop|q2-aam:|Saved )' || true
 }
 started=$(date +%s)
 
