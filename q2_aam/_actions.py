@@ -28,7 +28,8 @@ DEFAULTS = dict(
     epochs=60, batch_size=16, learning_rate=3e-3, weight_decay=0.01, optimizer='adamw',
     scheduler='warmup_cosine', scheduler_params='{}', warmup_fraction=0.1, patience=10,
     max_grad_norm=1.0, validation_size=0.2, max_asvs=128, max_bp=150, embedding_dim=32,
-    attention_heads=4, attention_layers=1, dropout=0.1, kmer_size=6, nuc_mask_ratio=0.15,
+    attention_heads=4, attention_layers=1, nucleotide_layers=1, dropout=0.1, kmer_size=6,
+    nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
     random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=5,
     rarefy_depth=2000, calibrate=False,
@@ -39,8 +40,16 @@ FIT_NUC_WEIGHT = 0.0
 # early stopping on a fifth of the training mice stopped members at epochs 8-17 (fold 0:
 # test R² 0.27, against 0.71 without a validation split; benchmarks/results.md)
 FIT_VALIDATION_SIZE = 0.0
+# fitting from scratch reads each ASV through its k-mer profile alone: the nucleotide
+# transformer took four fifths of a fit's time and, without pretraining to train it, did not
+# raise accuracy on the two studies the defaults were judged on (benchmarks/results.md)
+FIT_NUCLEOTIDE_LAYERS = 0
 D = DEFAULTS
-ARCHITECTURE = ('embedding_dim', 'attention_heads', 'attention_layers', 'dropout', 'kmer_size')
+ARCHITECTURE = ('embedding_dim', 'attention_heads', 'attention_layers', 'nucleotide_layers',
+                'dropout', 'kmer_size')
+# what fit builds when neither the user nor a pretrained encoder sets a value
+FIT_ARCHITECTURE = {**{k: DEFAULTS[k] for k in ARCHITECTURE},
+                    'nucleotide_layers': FIT_NUCLEOTIDE_LAYERS}
 
 
 def _threads(value):
@@ -90,7 +99,8 @@ def pretrain(
         alpha_diversity: pd.Series = None, ignore_missing_samples: bool = False,
         max_bp: int = D['max_bp'], embedding_dim: int = D['embedding_dim'],
         attention_heads: int = D['attention_heads'],
-        attention_layers: int = D['attention_layers'], dropout: float = D['dropout'],
+        attention_layers: int = D['attention_layers'],
+        nucleotide_layers: int = D['nucleotide_layers'], dropout: float = D['dropout'],
         kmer_size: int = D['kmer_size'],
         epochs: int = D['epochs'], batch_size: int = D['batch_size'],
         learning_rate: float = D['learning_rate'], weight_decay: float = D['weight_decay'],
@@ -119,6 +129,9 @@ def pretrain(
                               targets)
     cfg = AAMConfig(task='encoder', n_outputs=0 if targets is None else 1, max_bp=p['max_bp'],
                     **{k: p[k] for k in ARCHITECTURE})
+    if not cfg.asv_layers and p['nuc_weight'] > 0:
+        _inputs.note('no masked-nucleotide loss: with nucleotide_layers 0 the encoder reads '
+                     'each ASV as its k-mer profile and has no bases to predict.')
     result = train(AAM(cfg), data, *_split(data, p['validation_size'], p['random_seed']),
                    settings)
     return _saved(cfg, p, settings, [result], sample_ids,
@@ -157,14 +170,16 @@ def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,
 def _architecture(p, pretrained):
     """The fit's architecture: the pretrained encoder's, which explicit settings must match."""
     if pretrained is None:
-        return {k: (DEFAULTS[k] if p.get(k) is None else p[k]) for k in ARCHITECTURE}, \
+        return {k: (FIT_ARCHITECTURE[k] if p.get(k) is None else p[k]) for k in ARCHITECTURE}, \
             (DEFAULTS['max_bp'] if p.get('max_bp') is None else p['max_bp'])
     if pretrained.task != 'encoder':
         raise ValueError(f'The pretrained model is a {pretrained.task} model; start a fit '
                          'from an encoder made by `qiime aam pretrain`.')
-    base = pretrained.config['model']
-    clashes = [f'{k}={p[k]} (encoder: {base[k]})' for k in ARCHITECTURE
-               if p.get(k) is not None and k != 'dropout' and p[k] != base[k]]
+    # an encoder saved before nucleotide_layers existed read bases with attention_layers
+    base = {'nucleotide_layers': None, **pretrained.config['model']}
+    effective = {**base, 'nucleotide_layers': AAMConfig(**base).asv_layers}
+    clashes = [f'{k}={p[k]} (encoder: {effective[k]})' for k in ARCHITECTURE
+               if p.get(k) is not None and k != 'dropout' and p[k] != effective[k]]
     if clashes:
         raise ValueError('These settings differ from the pretrained encoder\'s and cannot be '
                          f'changed when starting from it: {", ".join(clashes)}. Leave them '
@@ -181,7 +196,8 @@ def fit(
         freeze_encoder: bool = False, ignore_missing_samples: bool = False,
         target_weight: float = D['target_weight'], regression_loss: str = D['regression_loss'],
         max_bp: int = None, embedding_dim: int = None, attention_heads: int = None,
-        attention_layers: int = None, dropout: float = None, kmer_size: int = None,
+        attention_layers: int = None, nucleotide_layers: int = None, dropout: float = None,
+        kmer_size: int = None,
         epochs: int = D['epochs'], batch_size: int = D['batch_size'],
         learning_rate: float = D['learning_rate'], weight_decay: float = D['weight_decay'],
         optimizer: str = D['optimizer'], scheduler: str = D['scheduler'],

@@ -16,7 +16,7 @@ from q2_types.sample_data import AlphaDiversity, SampleData
 from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
 
 from . import __version__, _examples
-from ._actions import DEFAULTS, fit, predict, predict_probabilities, pretrain
+from ._actions import DEFAULTS, FIT_ARCHITECTURE, fit, predict, predict_probabilities, pretrain
 from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMWeightsFormat,
                        TensorBoardEventsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
@@ -75,6 +75,7 @@ architecture = {
     'embedding_dim': Int % Range(8, 1024),
     'attention_heads': P['positive_int'],
     'attention_layers': P['positive_int'],
+    'nucleotide_layers': Int % Range(0, None),
     'dropout': Float % Range(0.0, 1.0),
     'kmer_size': Int % Range(0, 8, inclusive_end=True),
 }
@@ -132,7 +133,12 @@ descriptions = {
               'with a warning.',
     'embedding_dim': 'Width of the model\'s vectors.',
     'attention_heads': 'Attention heads per transformer layer (must divide embedding_dim).',
-    'attention_layers': 'Transformer layers in each of the ASV and the sample encoder.',
+    'attention_layers': 'Transformer layers in the sample encoder (which reads a sample\'s '
+                        'ASVs).',
+    'nucleotide_layers': 'Transformer layers reading each ASV\'s bases. 0 = none: an ASV '
+                         'is read as its k-mer profile alone (kmer_size), about five times '
+                         'faster, and there is no masked-nucleotide loss. The model still '
+                         'reads sequences, so new ASVs are still predicted.',
     'dropout': 'Dropout rate while training.',
     'kmer_size': 'Length of the k-mers whose profile is added to each ASV\'s vector '
                  '(0 = off). It tells ASVs apart from the start of training and keeps '
@@ -167,9 +173,10 @@ descriptions = {
                               '(with a note) instead of stopping with an error.',
 }
 fit_architecture_descriptions = {
-    k: descriptions[k] + ' Default: the pretrained encoder\'s, else ' + str(D[k]) + '.'
-    for k in architecture}
-for k in ('embedding_dim', 'attention_heads', 'attention_layers', 'max_bp', 'kmer_size'):
+    k: descriptions[k] + ' Default: the pretrained encoder\'s, else ' +
+    str(FIT_ARCHITECTURE.get(k, D[k])) + '.' for k in architecture}
+for k in ('embedding_dim', 'attention_heads', 'attention_layers', 'nucleotide_layers',
+          'max_bp', 'kmer_size'):
     fit_architecture_descriptions[k] += ' Cannot differ from a pretrained encoder\'s.'
 
 inputs_common = {'table': FeatureTable[Frequency], 'sequences': FeatureData[Sequence]}

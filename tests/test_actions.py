@@ -104,7 +104,24 @@ def test_fit_from_an_encoder_starts_from_its_weights():
     assert set(fitted) == set(pretrained)
     assert all(torch.allclose(fitted[k], pretrained[k], atol=1e-6) for k in pretrained)
     scratch = _encoder_part(regressor().view(SavedModel).state_dict)
-    assert not all(torch.allclose(scratch[k], pretrained[k], atol=1e-3) for k in pretrained)
+    shared = set(scratch) & set(pretrained)     # a fit from scratch reads no bases
+    assert shared and not all(torch.allclose(scratch[k], pretrained[k], atol=1e-3)
+                              for k in shared)
+
+
+def test_fit_from_scratch_reads_kmers_and_from_an_encoder_keeps_its_nucleotide_layers():
+    scratch = regressor().view(SavedModel)
+    assert scratch.config['model']['nucleotide_layers'] == 0
+    assert not any(k.startswith('asv_encoder.transformer') for k in scratch.state_dict)
+    train_table, train_seqs, _, _ = split()
+    model, = fit(table=train_table, sequences=train_seqs, metadata=days(),
+                 pretrained=encoder(), **{**TINY_TRAIN, **SINGLE})
+    config = model.view(SavedModel).config['model']
+    assert config['nucleotide_layers'] == encoder().view(SavedModel).config['model'][
+        'nucleotide_layers'] == 1
+    with pytest.raises(ValueError, match=r'nucleotide_layers=0 \(encoder: 1\)'):
+        fit(table=train_table, sequences=train_seqs, metadata=days(), pretrained=encoder(),
+            nucleotide_layers=0, **{**TINY_TRAIN, **SINGLE})
 
 
 def test_predict_classifier(classifier_predictions):
