@@ -30,8 +30,12 @@ class AAMTableFormat(model.TextFileFormat):
     """history.tsv and validation.tsv: tab-separated with a header line."""
 
     def _validate_(self, level):
-        with self.open() as fh:
-            header = fh.readline()
+        try:
+            with self.open() as fh:
+                header = fh.readline()
+        except UnicodeDecodeError:
+            raise ValidationError(f'{self.path.name} is not UTF-8 text; the model is '
+                                  'damaged: train it again.') from None
         if '\t' not in header and header.strip() not in ('epoch', 'sample-id'):
             raise ValidationError(f'{self.path.name} has no tab-separated header line.')
 

@@ -237,3 +237,68 @@ def test_model_file_with_non_tensor_values_is_refused(folder):
     torch.save(state, folder / 'model.pt')
     with pytest.raises(ValidationError, match='mapping of parameter names to tensors'):
         _validate(folder)
+
+
+# -- a config.json that says anything: every field checked, named, before allocation ---
+
+def _set_model(**changes):
+    return lambda c: c['model'].update(changes)
+
+
+def _set(**changes):
+    return lambda c: c.update(changes)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (_set_model(attention_heads=0), 'attention_heads must be at least 1, not 0'),
+    (_set_model(attention_heads=-2), 'attention_heads must be at least 1, not -2'),
+    (_set_model(attention_heads=3), 'must be a multiple of attention_heads'),
+    (_set_model(dropout=5), 'dropout must be a number from 0 up to'),
+    (_set_model(dropout='high'), "dropout must be a number from 0 up to .*'high'"),
+    (_set_model(embedding_dim=32.0), 'embedding_dim must be a whole number, not 32.0'),
+    (_set_model(attention_layers=True), 'attention_layers must be a whole number, not True'),
+    (_set_model(nucleotide_layers=-1), 'nucleotide_layers must be at least 0, not -1'),
+    (_set_model(vocab_size=9), 'vocab_size must be 8'),
+    (_set(max_asvs='abc'), "max_asvs must be a whole number of at least 1, not 'abc'"),
+    (_set(max_asvs=0), 'max_asvs must be a whole number of at least 1, not 0'),
+    (_set(max_bp=-5), 'max_bp must be a whole number of at least 1, not -5'),
+    (_set(target_std=None), 'a regressor needs a finite number target_std, not None'),
+    (_set(target_std=0.0), 'target_std must be above 0, not 0.0'),
+    (_set(target_mean='NaN'), "finite number target_mean, not 'NaN'"),
+    (_set(ensemble_size=10 ** 9), r'describes 1000000000 model\(s\) of [\d,]+ parameters'),
+    (_set_model(attention_layers=10 ** 6), r'describes 1 model\(s\) of [\d,]+ parameters'),
+])
+def test_every_config_field_is_checked_and_named(folder, edit, message):
+    _edit_config(folder, edit)
+    with pytest.raises(ValidationError, match=message):
+        _validate(folder)
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(folder):
+    import resource
+    _edit_config(folder, _set_model(attention_layers=10 ** 6, embedding_dim=1024,
+                                    attention_heads=4))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValidationError, match='Nothing was allocated'):
+        _validate(folder)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200
+
+
+def test_classifier_labels_must_be_unique_strings(tmp_path):
+    folder = model_folder(classifier(), tmp_path / 'classifier')
+    config = json.loads((folder / 'config.json').read_text())
+    n = len(config['labels'])
+    _edit_config(folder, _set(labels=['same'] * n))
+    with pytest.raises(ValidationError, match=r"labels must be unique, but \['same'\]"):
+        _validate(folder)
+    _edit_config(folder, _set(labels=list(range(n))))
+    with pytest.raises(ValidationError, match='each a string'):
+        _validate(folder)
+
+
+@pytest.mark.parametrize('name', ['history.tsv', 'validation.tsv'])
+def test_binary_bytes_in_a_table_are_a_validation_error(folder, name):
+    (folder / name).write_bytes(b'epoch\tx\n\xff\xfe\x00\x81garbage\n')
+    with pytest.raises(ValidationError, match=f'{name} is not'):
+        _validate(folder)

@@ -27,8 +27,9 @@ class Sneaky:
 
 def _saved(task='classification', n_outputs=2, labels=('a', 'b')):
     model = tiny_model(task, n_outputs)
+    scale = dict(target_mean=12.5, target_std=2.0) if task == 'regression' else {}
     config = checkpoint.make_config(tiny_config(task, n_outputs), max_asvs=64, max_bp=40,
-                                    training={'epochs': 3}, labels=labels)
+                                    training={'epochs': 3}, labels=labels, **scale)
     history = pd.DataFrame({'epoch': [1, 2], 'train_total_loss': [2.0, 1.5]})
     validation = pd.DataFrame({'truth': ['a', 'b'], 'prediction': ['a', 'a']},
                               index=pd.Index(['s1', 's2'], name='sample-id'))

@@ -12,10 +12,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .model import AAM, AAMConfig
+from .model import AAM, AAMConfig, parameter_count
 from .tokens import VOCAB
 
 FORMAT_VERSION = 1
+# the most parameters a model file may describe, all ensemble members together (4 GB of
+# float32): far above any trained model, far below what crashes a machine while allocating
+MAX_PARAMETERS = 10 ** 9
 FILES = ('config.json', 'model.pt', 'history.tsv', 'validation.tsv')
 TENSORBOARD_DIR = 'tensorboard'
 
@@ -168,20 +171,51 @@ def read_config(directory):
     if model_config.task != config['task']:
         raise ModelFileError(f"config.json says task {config['task']!r} but its model "
                              f'settings say {model_config.task!r}.')
+    for name in ('max_asvs', 'max_bp'):
+        value = config[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelFileError(f'config.json: {name} must be a whole number of at least 1, '
+                                 f'not {value!r}.')
     size = config.get('ensemble_size', 1)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ModelFileError(f'config.json: ensemble_size must be a whole number of at least '
                              f'1, not {size!r}.')
+    parameters = parameter_count(model_config)
+    if parameters * size > MAX_PARAMETERS:
+        raise ModelFileError(
+            f'config.json describes {size} model(s) of {parameters:,} parameters each, '
+            f'{parameters * size:,} in all, more than the {MAX_PARAMETERS:,} q2-aam loads; '
+            'the file is damaged or not a q2-aam model. Nothing was allocated.')
     if size > 1 and config['task'] not in ('regression', 'classification'):
         raise ModelFileError(f"config.json: only a regressor or classifier can be an "
                              f"ensemble, but this {config['task']!r} model has "
                              f'ensemble_size {size}.')
-    if config['task'] == 'classification' and len(config.get('labels') or []) != \
-            model_config.n_outputs:
-        raise ModelFileError('config.json: a classifier needs one label per output '
-                             f"({model_config.n_outputs}), found {config.get('labels')!r}.")
+    if config['task'] == 'classification':
+        labels = config.get('labels')
+        if not isinstance(labels, list) or len(labels) != model_config.n_outputs or \
+                not all(isinstance(x, str) for x in labels):
+            raise ModelFileError('config.json: a classifier needs one label per output '
+                                 f'({model_config.n_outputs}), each a string; found {labels!r}.')
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ModelFileError(f'config.json: labels must be unique, but {twice} '
+                                 'appear more than once.')
+    if config['task'] == 'regression':
+        _check_target_scale(config.get('target_mean'), config.get('target_std'))
     _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)
     return config
+
+
+def _check_target_scale(mean, std):
+    """A regressor's predictions are outputs * target_std + target_mean: both must be
+    finite numbers, and the scale positive, or every prediction is wrong."""
+    for name, value in (('target_mean', mean), ('target_std', std)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise ModelFileError(f'config.json: a regressor needs a finite number {name}, '
+                                 f'not {value!r}.')
+    if std <= 0:
+        raise ModelFileError(f'config.json: target_std must be above 0, not {std!r}.')
 
 
 def _check_calibration(calibration, task, n_outputs):
@@ -239,10 +273,14 @@ def check_weights(config, state):
 
 def _read_tsv(path, index_col=None):
     try:
-        return pd.read_csv(path, sep='\t', index_col=index_col)
+        return pd.read_csv(path, sep='\t', index_col=index_col, encoding='utf-8')
     except pd.errors.EmptyDataError:
         raise ModelFileError(f'{Path(path).name} is empty; it needs at least a header line.') \
             from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as e:
+        raise ModelFileError(f'{Path(path).name} is not a readable tab-separated text file '
+                             f'({type(e).__name__}); the model folder is damaged: train the '
+                             'model again.') from None
 
 
 def validate(directory, check_weights_too=True):
@@ -253,6 +291,8 @@ def validate(directory, check_weights_too=True):
         raise ModelFileError(f'The model folder lacks {", ".join(missing)}; a q2-aam model '
                              f'holds {", ".join(FILES)} and a {TENSORBOARD_DIR}/ folder.')
     config = read_config(directory)
+    for name in ('history.tsv', 'validation.tsv'):
+        _read_tsv(directory / name)
     if check_weights_too:
         check_weights(config, read_state_dict(directory / 'model.pt'))
     return config

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .tokens import A, PAD, T, VOCAB_SIZE
@@ -34,6 +35,7 @@ class AAMConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {TASKS}, not {self.task!r}.')
+        self._check_types()
         if self.task != 'encoder' and self.n_outputs < 1:
             raise ValueError(f'A {self.task} model needs n_outputs >= 1.')
         if not 0 <= self.kmer_size <= 8:
@@ -46,6 +48,31 @@ class AAMConfig:
         if self.embedding_dim % self.attention_heads:
             raise ValueError(f'embedding_dim ({self.embedding_dim}) must be a multiple of '
                              f'attention_heads ({self.attention_heads}).')
+
+    # whole-number settings and the least each may be
+    _WHOLE = {'n_outputs': 0, 'vocab_size': VOCAB_SIZE, 'max_bp': 1, 'embedding_dim': 1,
+              'attention_heads': 1, 'attention_layers': 1, 'feedforward_mult': 1,
+              'kmer_size': 0, 'nucleotide_layers': 0}
+
+    def _check_types(self):
+        """Each setting's type and range, named, before anything is built from it: a model
+        file is user input (config.json can say anything)."""
+        for name, least in self._WHOLE.items():
+            value = getattr(self, name)
+            if name == 'nucleotide_layers' and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f'{name} must be a whole number, not {value!r}.')
+            if value < least:
+                raise ValueError(f'{name} must be at least {least}, not {value}.')
+        if self.vocab_size != VOCAB_SIZE:
+            raise ValueError(f'vocab_size must be {VOCAB_SIZE} (this q2-aam\'s tokens), not '
+                             f'{self.vocab_size}.')
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+                not 0 <= dropout < 1:
+            raise ValueError(f'dropout must be a number from 0 up to (not including) 1, not '
+                             f'{dropout!r}.')
 
     @property
     def asv_layers(self):
@@ -142,7 +169,9 @@ class KmerProfile(nn.Module):
     def forward(self, tokens):                             # tokens (U, L)
         ids, valid = kmer_ids(tokens, self.k)              # (U, W)
         weights = valid.float() / valid.sum(1, keepdim=True).clamp(min=1)
-        bag = torch.einsum('uw,uwd->ud', weights, self.table(ids))    # (U, D)
+        # the weighted mean of the rows of the table, fused: no (U, W, D) intermediate
+        bag = F.embedding_bag(ids, self.table.weight, per_sample_weights=weights,
+                              mode='sum')                  # (U, D)
         return self.norm(bag)                              # no valid k-mer -> zeros + bias
 
 
@@ -303,4 +332,21 @@ def load_encoder_weights(model, encoder_state):
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(cfg: AAMConfig):
+    """The parameters AAM(cfg) would have, computed without building it: a config can ask
+    for more than memory holds (10⁶ layers), and that must be refused before allocation."""
+    d, v, ff = cfg.embedding_dim, cfg.vocab_size, cfg.feedforward_mult * cfg.embedding_dim
+    layer = (4 * d * d + 4 * d) + (2 * d * ff + ff + d) + 4 * d   # attention, feed-forward,
+    transformer = lambda layers: layers * layer + 2 * d          # two norms; final norm
+    pool = d + 1
+    asv = (4 ** cfg.kmer_size * d + 2 * d) if cfg.kmer_size else 0
+    if cfg.asv_layers:
+        asv += v * d + (cfg.max_bp + 1) * d + transformer(cfg.asv_layers) + pool
+    sample = (2 * d) + (d * d + d) + transformer(cfg.attention_layers) + pool + (d * d + d)
+    heads = (d * d + d) + (d * v + v)
+    if cfg.n_outputs:
+        heads += (d * d + d) + (d * cfg.n_outputs + cfg.n_outputs)
+    return asv + sample + heads
 
