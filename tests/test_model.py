@@ -371,7 +371,7 @@ def test_nucleotide_layers_default_to_attention_layers_and_are_checked():
     model = AAM(cfg)
     assert len(model.asv_encoder.transformer.layers) == 1
     assert len(model.sample_encoder.transformer.layers) == 2
-    with pytest.raises(ValueError, match='nucleotide_layers must be 0 or more, not -1'):
+    with pytest.raises(ValueError, match='nucleotide_layers must be at least 0, not -1'):
         AAMConfig(nucleotide_layers=-1)
     with pytest.raises(ValueError, match='nothing reads an ASV'):
         AAMConfig(nucleotide_layers=0, kmer_size=0)

@@ -40,8 +40,6 @@ class AAMConfig:
             raise ValueError(f'A {self.task} model needs n_outputs >= 1.')
         if not 0 <= self.kmer_size <= 8:
             raise ValueError(f'kmer_size must be 0 (off) to 8, not {self.kmer_size}.')
-        if self.nucleotide_layers is not None and self.nucleotide_layers < 0:
-            raise ValueError(f'nucleotide_layers must be 0 or more, not {self.nucleotide_layers}.')
         if self.asv_layers == 0 and not self.kmer_size:
             raise ValueError('With nucleotide_layers 0 and kmer_size 0 nothing reads an ASV\'s '
                              'sequence: set kmer_size (e.g. 6) or nucleotide_layers (e.g. 1).')
