@@ -16,7 +16,7 @@ from . import _inputs
 from .engine import calibration, checkpoint, optim
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
-from .engine.model import AAM, AAMConfig, load_encoder_weights
+from .engine.model import AAM, AAMConfig, load_encoder_weights, parameter_count
 from .engine.trainer import TrainSettings, average_predictions, class_probabilities, \
     predict as engine_predict, resolve_device, seed_everything, target_scale, train
 
@@ -73,6 +73,21 @@ def _settings(p, **overrides):
     return s
 
 
+def _check_size(arch, max_bp, members=1):
+    """Refuse, before reading any data, a model too large to hold: each setting is within
+    its range, but 48 layers of width 1024 times 20 members is not."""
+    try:
+        cfg = AAMConfig(max_bp=max_bp, **arch)
+    except ValueError as e:
+        raise ValueError(f'These model settings do not describe a model: {e}') from None
+    total = parameter_count(cfg) * members
+    if total > checkpoint.MAX_PARAMETERS:
+        raise ValueError(
+            f'These settings ask for {members} model(s) of {parameter_count(cfg):,} parameters, '
+            f'{total:,} in all, more than the {checkpoint.MAX_PARAMETERS:,} q2-aam trains. '
+            'Lower embedding_dim, attention_layers, nucleotide_layers or ensemble_size.')
+
+
 def _training_record(p, settings, samples, extra=None):
     record = {k: v for k, v in p.items()}
     record['scheduler_params'] = settings.scheduler_params
@@ -113,6 +128,7 @@ def pretrain(
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
     seed_everything(p['random_seed'])
     counts, sample_ids, feature_ids = _inputs.table_parts(table)
@@ -217,6 +233,7 @@ def fit(
                          'pretrained encoder was given. Pass --i-pretrained, or leave '
                          'freeze_encoder off.')
     arch, max_bp = _architecture(p, pretrained)
+    _check_size(arch, max_bp, p['ensemble_size'])
     p.update(arch, max_bp=max_bp)
     settings = _settings(p, freeze_encoder=freeze_encoder, target_weight=p['target_weight'],
                          regression_loss=p['regression_loss'],
@@ -233,11 +250,12 @@ def fit(
     classification = isinstance(metadata, qiime2.CategoricalMetadataColumn)
     labels, stratify = None, None
     if classification:
+        _inputs.note_numeric_looking(values, metadata.name)
         labels = _inputs.class_labels(values, metadata.name, p['validation_size'])
         targets = values.astype(str).map({c: i for i, c in enumerate(labels)}).to_numpy()
         stratify = targets
     else:
-        targets = values.to_numpy(np.float64)
+        targets = _inputs.regression_targets(values, metadata.name)
     distances = (None if distance_matrix is None else
                  _inputs.distance_array(distance_matrix, sample_ids))
     data = _inputs.build_data(counts, sample_ids, feature_ids, seqs, p['max_asvs'], max_bp,
@@ -344,7 +362,21 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
         outputs = [calibration.apply_class_calibration(raw, model.config['calibration'])
                    for raw in outputs]
     raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
-    return pd.Index(data.sample_ids, name='id'), raw
+    index = pd.Index(data.sample_ids, name='id')
+    _check_finite(raw.reshape(len(raw), -1).sum(axis=1), index)
+    return index, raw
+
+
+def _check_finite(values, index):
+    """No prediction is ever written as inf or NaN: stop and say which samples."""
+    with np.errstate(invalid='ignore', over='ignore'):
+        bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f'The model gave {int(bad.sum())} of {len(values)} samples a prediction that is not '
+            f'a finite number: {_inputs.preview(index[bad])}. Nothing was written. The model '
+            '(its weights or target scale) is damaged or was trained on extreme values: '
+            'check config.json\'s target_mean and target_std, or fit it again.')
 
 
 def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_size: int = 64,
@@ -352,6 +384,7 @@ def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_si
     index, raw = _predict_outputs(model, table, sequences, batch_size, device, threads)
     if model.task == 'regression':
         values = raw[:, 0] * model.config['target_std'] + model.config['target_mean']
+        _check_finite(values, index)
         return pd.Series(values.astype(np.float64), index=index, name='prediction')
     labels = np.asarray(model.config['labels'], dtype=object)
     return pd.Series(labels[raw.argmax(axis=1)], index=index, name='prediction')

@@ -5,6 +5,7 @@ affected, shows a few IDs and says what to do. Samples are only ever left out wi
 a note that counts them.
 """
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,66 @@ def target_values(column, sample_ids):
             f'{column.name!r}; fitting needs at least {MIN_SAMPLES}. Check that the '
             'metadata\'s sample IDs match the table\'s, and that the column is filled in.')
     return list(present.index), present
+
+
+OUTLIER_ROBUST_SDS = 10   # a target this many robust SDs from the median gets a warning
+
+
+def warn(message):
+    """A warning the user sees whatever the verbosity: printed like a note, and raised as
+    a Python warning for the API (and q2cli's log)."""
+    note(f'warning: {message}')
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def regression_targets(values, column_name):
+    """A numeric column's values as float64, refused when they cannot be scaled: training
+    works on (value - mean) / sd, which overflows for values like 1e300 and made every
+    prediction -inf. Values far from the rest are named in a warning."""
+    y = values.to_numpy(np.float64)
+    ids = values.index
+    bad = ~np.isfinite(y)
+    with np.errstate(over='ignore', invalid='ignore'):
+        mean, sd = y[~bad].mean() if (~bad).any() else 0.0, y[~bad].std()
+        scaled_ok = np.isfinite(mean) and np.isfinite(sd) and \
+            np.isfinite((y[~bad] - mean) / (sd or 1.0)).all()
+    if bad.any() or not scaled_ok:
+        largest = np.argsort(-np.abs(np.where(bad, np.inf, y)))[:5]
+        shown = ', '.join(f'{ids[i]!s} ({y[i]:g})' for i in largest)
+        what = (f'{int(bad.sum())} of {len(y)} values are not finite' if bad.any() else
+                'its values are too large to standardise (their mean or spread overflows '
+                'a 64-bit float)')
+        raise ValueError(
+            f'Metadata column {column_name!r} cannot be used as a regression target: {what}. '
+            f'The largest in magnitude: {shown}. Correct those values, or transform the '
+            'column (e.g. log, or other units) so that it holds ordinary finite numbers.')
+    median = np.median(y)
+    spread = 1.4826 * np.median(np.abs(y - median)) or y.std()
+    if spread > 0:
+        far = np.flatnonzero(np.abs(y - median) > OUTLIER_ROBUST_SDS * spread)
+        if len(far):
+            shown = ', '.join(f'{ids[i]!s} ({y[i]:g})' for i in far[:5])
+            warn(f'{len(far)} of {len(y)} values of metadata column {column_name!r} lie more '
+                 f'than {OUTLIER_ROBUST_SDS} robust standard deviations from the median '
+                 f'({median:g}): {shown}{", …" if len(far) > 5 else ""}. With the mean squared '
+                 'error they dominate training; check them, or use --p-regression-loss huber.')
+    return y
+
+
+def note_numeric_looking(values, column_name):
+    """A categorical column whose values are mostly numbers was probably meant to be
+    numeric: say which values made it categorical and how to get a regressor."""
+    text = values.astype(str)
+    numeric = pd.to_numeric(text, errors='coerce')
+    words = text[numeric.isna()]
+    if numeric.notna().sum() < 0.5 * len(text) or not len(words):
+        return
+    shown = ', '.join(repr(w) for w in words.value_counts().index[:5])
+    warn(f'metadata column {column_name!r} is categorical, so this fit is a classifier with '
+         f'{text.nunique()} classes, although {int(numeric.notna().sum())} of its {len(text)} '
+         f'values are numbers: {len(words)} values are not ({shown}). To fit a regressor, '
+         'leave those cells empty (samples without a value are left out) and declare the '
+         'column numeric with a "#q2:types" line in the metadata file.')
 
 
 def class_labels(values, column_name, validation_size):

@@ -46,50 +46,58 @@ plugin = Plugin(
 )
 
 D = DEFAULTS
-P = {'positive_int': Int % Range(1, None), 'fraction': Float % Range(0.0, 1.0)}
+
+
+def _upto(low, high, kind=Int):
+    """A closed range: every size and rate has an upper bound, so that an absurd value
+    (10⁵ layers, a learning rate of 1e300) fails before any work, and Galaxy can show it."""
+    return kind % Range(low, high, inclusive_end=True)
+
+
+LOSS_WEIGHT = _upto(0.0, 1000.0, Float)
 
 # -- parameters, grouped by meaning --------------------------------------------------
 training = {
-    'epochs': P['positive_int'],
-    'batch_size': Int % Range(2, None),
-    'learning_rate': Float % Range(0.0, None, inclusive_start=False),
-    'weight_decay': Float % Range(0.0, None),
+    'epochs': _upto(1, 100_000),
+    'batch_size': _upto(2, 100_000),
+    'learning_rate': Float % Range(0.0, 10.0, inclusive_start=False, inclusive_end=True),
+    'weight_decay': _upto(0.0, 10.0, Float),
     'optimizer': Str % Choices(list(OPTIMIZERS)),
     'scheduler': Str % Choices(list(SCHEDULERS)),
     'scheduler_params': Str,
-    'warmup_fraction': Float % Range(0.0, 1.0, inclusive_end=True),
-    'patience': P['positive_int'],
-    'max_grad_norm': Float % Range(0.0, None),
-    'validation_size': Float % Range(0.0, 0.5, inclusive_end=True),
-    'nuc_mask_ratio': Float % Range(0.0, 0.5, inclusive_end=True),
-    'unifrac_weight': Float % Range(0.0, None),
-    'nuc_weight': Float % Range(0.0, None),
-    'random_seed': Int % Range(0, None),
+    'warmup_fraction': _upto(0.0, 1.0, Float),
+    'patience': _upto(1, 100_000),
+    'max_grad_norm': _upto(0.0, 1e6, Float),
+    'validation_size': _upto(0.0, 0.5, Float),
+    'nuc_mask_ratio': _upto(0.0, 0.5, Float),
+    'unifrac_weight': LOSS_WEIGHT,
+    'nuc_weight': LOSS_WEIGHT,
+    'random_seed': _upto(0, 2 ** 31 - 1),
     'device': Str % Choices(['auto', 'cpu', 'cuda']),
     'threads': Threads,
     'tensorboard_dir': Str,
-    'max_asvs': P['positive_int'],
+    'max_asvs': _upto(1, 100_000),
 }
 architecture = {
-    'max_bp': Int % Range(10, 1024),
-    'embedding_dim': Int % Range(8, 1024),
-    'attention_heads': P['positive_int'],
-    'attention_layers': P['positive_int'],
-    'nucleotide_layers': Int % Range(0, None),
+    'max_bp': _upto(10, 1024),
+    'embedding_dim': _upto(8, 1024),
+    'attention_heads': _upto(1, 64),
+    'attention_layers': _upto(1, 48),
+    'nucleotide_layers': _upto(0, 48),
     'dropout': Float % Range(0.0, 1.0),
-    'kmer_size': Int % Range(0, 8, inclusive_end=True),
+    'kmer_size': _upto(0, 8),
 }
 fitting = {
     'freeze_encoder': Bool,
-    'target_weight': Float % Range(0.0, None),
+    'target_weight': LOSS_WEIGHT,
     'regression_loss': Str % Choices(['mse', 'huber']),
     'ignore_missing_samples': Bool,
-    'ensemble_size': Int % Range(1, 20, inclusive_end=True),
-    'rarefy_depth': Int % Range(0, None),
+    'ensemble_size': _upto(1, 20),
+    'rarefy_depth': _upto(0, 10 ** 9),
     'calibrate': Bool,
 }
 prediction = {
-    'batch_size': P['positive_int'],
+    'batch_size': _upto(1, 100_000),
     'device': training['device'],
     'threads': Threads,
 }

@@ -303,3 +303,68 @@ def test_parameter_ranges_are_enforced_by_qiime():
 def test_preview_shows_a_few_ids():
     assert _inputs.preview(['a', 'b']) == "'a', 'b'"
     assert _inputs.preview([f's{i}' for i in range(9)]) == "'s0', 's1', 's2', 's3', 's4', …"
+
+
+# -- targets and predictions that would be silently wrong ------------------------------
+
+def test_a_target_too_large_to_scale_is_refused_naming_the_samples():
+    ids = [str(s) for s in biom_table().ids('sample')]
+    values = np.linspace(1.0, 2.0, len(ids))
+    values[3], values[8] = 1e300, -1e300
+    with pytest.raises(ValueError) as raised:
+        _actions.fit(biom_table(), sequences_series(), _column(values), **TINY_TRAIN)
+    message = str(raised.value)
+    assert "Metadata column 'target' cannot be used as a regression target" in message
+    assert 'too large to standardise' in message
+    assert f'{ids[3]} (1e+300)' in message and f'{ids[8]} (-1e+300)' in message
+
+
+def test_a_target_far_from_the_rest_is_named_in_a_warning(capsys):
+    ids = [str(s) for s in biom_table().ids('sample')]
+    values = np.linspace(10.0, 20.0, len(ids))
+    values[5] = 1e6
+    with pytest.warns(UserWarning, match=r'1 of 34 values of metadata column .target. lie more '
+                                         r'than 10 robust standard deviations'):
+        model = _actions.fit(biom_table(), sequences_series(), _column(values),
+                             **{**TINY_TRAIN, 'ensemble_size': 1})
+    assert f'{ids[5]} (1e+06)' in capsys.readouterr().out
+    assert np.isfinite(model.config['target_std'])
+
+
+def test_a_numeric_looking_categorical_column_says_so():
+    values = [str(v) for v in range(34)]
+    values[4] = 'n/a'
+    with pytest.warns(UserWarning) as caught:
+        _actions.fit(biom_table(), sequences_series(), _column(values, categorical=True),
+                     **{**TINY_TRAIN, 'ensemble_size': 1, 'validation_size': 0.0})
+    message = ' '.join(str(w.message) for w in caught)
+    assert 'is categorical, so this fit is a classifier with 34 classes' in message
+    assert "33 of its 34 values are numbers: 1 values are not ('n/a')" in message
+    assert '#q2:types' in message
+
+
+def test_predict_never_writes_a_non_finite_prediction():
+    saved = regressor().view(SavedModel)
+    saved.config['target_std'] = float('inf')       # as a damaged or hand-edited model
+    with pytest.raises(ValueError, match=r'gave 34 of 34 samples a prediction that is not a '
+                                         r'finite number: .*Nothing was written'):
+        _actions.predict(saved, biom_table(), sequences_series())
+    saved = classifier().view(SavedModel)
+    first = next(k for k in saved.state_dict if k.endswith('target_head.3.bias'))
+    saved.state_dict[first] = torch.full_like(saved.state_dict[first], float('nan'))
+    with pytest.raises(ValueError, match='not a finite number'):
+        _actions.predict(saved, biom_table(), sequences_series())
+
+
+def test_parameters_have_upper_bounds_checked_before_any_work():
+    for name, value in (('attention_layers', 100000), ('learning_rate', 1e300),
+                        ('embedding_dim', 4096), ('ensemble_size', 21), ('epochs', 10 ** 6)):
+        with pytest.raises(TypeError, match=name):
+            fit(table=table(), sequences=rep_seqs(), metadata=days(), **{**TINY, name: value})
+
+
+def test_a_model_too_large_to_hold_is_refused_before_reading_data():
+    with pytest.raises(ValueError, match=r'ask for 20 model\(s\) of [\d,]+ parameters.*Lower '
+                                         'embedding_dim'):
+        _actions.fit(None, None, days(), embedding_dim=1024, attention_heads=4,
+                     attention_layers=48, nucleotide_layers=48, ensemble_size=20)
