@@ -57,6 +57,24 @@ def _threads(value):
     return None if value in (0, 'auto', None) else int(value)
 
 
+def _run_folder(tensorboard_dir):
+    """A fresh folder of this run's own inside the user's tensorboard_dir, so that the
+    artifact holds this run's event files and nothing else that lives in that folder."""
+    if not tensorboard_dir:
+        return None
+    if os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
+        raise ValueError(f'tensorboard_dir {tensorboard_dir!r} is a file, not a folder. Give '
+                         'the path of a folder (it is created if missing), or leave '
+                         'tensorboard_dir empty: the logs are in the model artifact anyway.')
+    os.makedirs(tensorboard_dir, exist_ok=True)
+    import tempfile
+    import time
+    run = tempfile.mkdtemp(prefix=time.strftime('q2-aam-%Y%m%d-%H%M%S-'), dir=tensorboard_dir)
+    _inputs.note(f'TensorBoard logs of this run: {run} (tensorboard --logdir '
+                 f'{tensorboard_dir}).')
+    return run
+
+
 def _settings(p, **overrides):
     """TrainSettings from the action's parameters (validated before any work)."""
     resolve_device(p['device'])                     # 'cuda' without a GPU fails here
@@ -68,8 +86,9 @@ def _settings(p, **overrides):
         max_grad_norm=p['max_grad_norm'] or None, nuc_mask_ratio=p['nuc_mask_ratio'],
         unifrac_weight=p['unifrac_weight'], nuc_weight=p['nuc_weight'],
         random_seed=p['random_seed'], device=p['device'], threads=_threads(p['threads']),
-        tensorboard_dir=p['tensorboard_dir'] or None, quiet=False, **overrides)
+        tensorboard_dir=None, quiet=False, **overrides)
     optim._check_params(s.scheduler, params)        # unknown keys fail before training
+    s.tensorboard_dir = _run_folder(p['tensorboard_dir'])
     return s
 
 

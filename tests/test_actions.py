@@ -272,6 +272,32 @@ def test_same_seed_same_model_and_predictions(tmp_path):
                            regressor().view(SavedModel).state_dict)
 
 
+def test_tensorboard_dir_gets_a_fresh_folder_per_run_and_the_artifact_only_its_files(tmp_path):
+    train_table, train_seqs, _, _ = split()
+    shared = tmp_path / 'logs'
+    (shared / 'docs').mkdir(parents=True)
+    (shared / 'docs' / 'notes.txt').write_text('not a log')
+    models = [fit(table=train_table, sequences=train_seqs, metadata=days(),
+                  **{**TINY, **SINGLE, 'tensorboard_dir': str(shared)}).model
+              for _ in range(2)]
+    runs = sorted(p for p in shared.iterdir() if p.name.startswith('q2-aam-'))
+    assert len(runs) == 2                          # one fresh folder per run
+    for model, run in zip(models, runs):
+        files = model.view(SavedModel).tensorboard
+        assert files and not any('notes.txt' in path for path in files)
+        assert sorted(files) == sorted(p.relative_to(run).as_posix()
+                                       for p in run.rglob('*') if p.is_file())
+    assert (shared / 'docs' / 'notes.txt').read_text() == 'not a log'
+
+
+def test_tensorboard_dir_that_is_a_file_is_refused_by_name(tmp_path):
+    path = tmp_path / 'a-file'
+    path.write_text('x')
+    with pytest.raises(ValueError, match=r"tensorboard_dir '.*a-file' is a file, not a folder"):
+        fit(table=table(), sequences=rep_seqs(), metadata=days(),
+            **{**TINY, **SINGLE, 'tensorboard_dir': str(path)})
+
+
 def test_rarefy_depth_thins_training_reads_and_is_recorded():
     plain = _fit(days(), rarefy_depth=0).view(SavedModel)
     deeper = _fit(days(), rarefy_depth=10_000).view(SavedModel)   # above every sample's reads

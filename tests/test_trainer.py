@@ -540,3 +540,42 @@ def test_a_failed_run_leaves_no_temporary_tensorboard_folder(tmp_path, monkeypat
     assert list(tmp_path.glob('q2-aam-tensorboard-*')) == []
     train(tiny_model('regression', 1), data, TRAIN, VAL, settings(epochs=1))
     assert list(tmp_path.glob('q2-aam-tensorboard-*')) == []
+
+
+def test_sigterm_removes_the_temporary_event_folder(tmp_path):
+    """A scheduler's SIGTERM unwinds like Ctrl-C: the run's temporary folder is removed."""
+    import os
+    import signal
+    import time
+    code = ('import sys; sys.path.insert(0, "tests"); import numpy as np\n'
+            'from engine_fixtures import tiny_model, toy_data\n'
+            'from q2_aam.engine.trainer import TrainSettings, train\n'
+            'data = toy_data(targets="regression", distances=False)\n'
+            'train(tiny_model("regression", 1), data, np.arange(8), np.arange(8, 10),\n'
+            '      TrainSettings(epochs=100000, batch_size=4, quiet=True, '
+            'histogram_frequency=0))\n')
+    env = dict(os.environ, TMPDIR=str(tmp_path), OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-c', code], env=env, cwd=str(
+        trainer_module.Path(__file__).resolve().parents[1]))
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(f'{trainer_module.TEMP_PREFIX}{proc.pid}-*')):
+        assert time.time() < deadline and proc.poll() is None, 'no training folder appeared'
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert not list(tmp_path.glob(f'{trainer_module.TEMP_PREFIX}*'))
+
+
+def test_folders_of_dead_runs_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                              capture_output=True, text=True, check=True)
+    dead = tmp_path / f'{trainer_module.TEMP_PREFIX}{finished.stdout.strip()}-abc'
+    live = tmp_path / f'{trainer_module.TEMP_PREFIX}{os.getppid()}-def'
+    other = tmp_path / 'someone-elses-folder'
+    for folder in (dead, live, other):
+        (folder / 'sub').mkdir(parents=True)
+        (folder / 'sub' / 'events.out.tfevents.1').write_bytes(b'x')
+    assert trainer_module.sweep_stale_folders(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()

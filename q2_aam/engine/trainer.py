@@ -364,10 +364,13 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------
     def run(self, class_names=None, resume_from=None):
         """Train; without a tensorboard_dir the event files are written to a temporary
-        folder that is removed however the run ends (their bytes are in the result)."""
+        folder that is removed however the run ends (their bytes are in the result): on an
+        error, Ctrl-C or SIGTERM; after a SIGKILL, by the next run (sweep_stale_folders)."""
         if self.s.tensorboard_dir:
             return self._run(self.s.tensorboard_dir, class_names, resume_from)
-        with tempfile.TemporaryDirectory(prefix='q2-aam-tensorboard-') as tb_dir:
+        sweep_stale_folders()
+        with _terminate_as_interrupt(), tempfile.TemporaryDirectory(
+                prefix=f'{TEMP_PREFIX}{os.getpid()}-') as tb_dir:
             return self._run(tb_dir, class_names, resume_from)
 
     def _run(self, tb_dir, class_names, resume_from):
@@ -491,6 +494,56 @@ class Trainer:
                 'best_epoch': payload['best_epoch'], 'waited': payload['waited'],
                 'history': payload['history'], 'best_state': payload['best_state'],
                 'validation': validation}
+
+
+TEMP_PREFIX = 'q2-aam-tensorboard-'   # + the owning process's ID + '-' + random
+
+
+def sweep_stale_folders(root=None):
+    """Remove temporary event folders whose process is gone (killed with SIGKILL, which no
+    handler sees), so that they do not accumulate in $TMPDIR. Returns the removed paths."""
+    import shutil
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f'{TEMP_PREFIX}*'):
+        pid = path.name[len(TEMP_PREFIX):].split('-', 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's process: alive
+        return True
+    return True
+
+
+class _terminate_as_interrupt:
+    """While training, SIGTERM (a job scheduler's stop, `kill`) unwinds like Ctrl-C, so
+    that temporary folders are removed; the previous handler is restored afterwards.
+    Only in the main thread, and only where nobody else handles SIGTERM."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt('SIGTERM')
+            self.previous = signal.signal(signal.SIGTERM, interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 def train(model, data, train_rows, val_rows, settings, class_names=None, resume_from=None,
