@@ -31,7 +31,8 @@ DEFAULTS = dict(
     attention_heads=4, attention_layers=1, nucleotide_layers=1, dropout=0.1, kmer_size=6,
     nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
-    random_seed=0, device='auto', threads=0, tensorboard_dir='', ensemble_size=5,
+    random_seed=0, device='auto', threads=0, tensorboard_dir='', histogram_frequency=50,
+    ensemble_size=5,
     rarefy_depth=2000, calibrate=False,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
@@ -86,7 +87,8 @@ def _settings(p, **overrides):
         max_grad_norm=p['max_grad_norm'] or None, nuc_mask_ratio=p['nuc_mask_ratio'],
         unifrac_weight=p['unifrac_weight'], nuc_weight=p['nuc_weight'],
         random_seed=p['random_seed'], device=p['device'], threads=_threads(p['threads']),
-        tensorboard_dir=None, quiet=False, **overrides)
+        histogram_frequency=p['histogram_frequency'], tensorboard_dir=None, quiet=False,
+        **overrides)
     optim._check_params(s.scheduler, params)        # unknown keys fail before training
     s.tensorboard_dir = _run_folder(p['tensorboard_dir'])
     return s
@@ -145,7 +147,8 @@ def pretrain(
         max_asvs: int = D['max_asvs'], nuc_mask_ratio: float = D['nuc_mask_ratio'],
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = D['nuc_weight'],
         random_seed: int = D['random_seed'], device: str = D['device'],
-        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir']) -> SavedModel:
+        threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
+        histogram_frequency: int = D['histogram_frequency']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
@@ -244,6 +247,7 @@ def fit(
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = FIT_NUC_WEIGHT,
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
+        histogram_frequency: int = D['histogram_frequency'],
         ensemble_size: int = D['ensemble_size'],
         rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}

@@ -76,6 +76,7 @@ training = {
     'device': Str % Choices(['auto', 'cpu', 'cuda']),
     'threads': Threads,
     'tensorboard_dir': Str,
+    'histogram_frequency': _upto(0, 100_000),
     'max_asvs': _upto(1, 100_000),
 }
 architecture = {
@@ -134,8 +135,12 @@ descriptions = {
                    'same seed on CPU gives the same model.',
     'device': 'Where to compute: auto (a CUDA GPU if there is one), cpu or cuda.',
     'threads': 'CPU threads for torch (0 = torch\'s default, all cores).',
-    'tensorboard_dir': 'Optional folder for live TensorBoard logs while training. The '
-                       'run\'s logs are always inside the model artifact too.',
+    'tensorboard_dir': 'Optional folder for live TensorBoard logs while training: each run '
+                       'writes into a new subfolder of its own. The run\'s logs are always '
+                       'inside the model artifact too. In Galaxy, leave it empty.',
+    'histogram_frequency': 'Write histograms of the weights and gradients to the TensorBoard '
+                           'logs every this many epochs (0 = never). They cost little time '
+                           'and make the logs larger; see benchmarks/results.md.',
     'max_asvs': 'Keep each sample\'s most abundant ASVs, at most this many.',
     'max_bp': 'Read at most this many bases of each sequence; longer ones are truncated '
               'with a warning.',

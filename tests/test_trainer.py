@@ -360,59 +360,97 @@ def _events(directory):
     return acc
 
 
-def test_tensorboard_scalars_overlay_train_and_val(tmp_path):
+def test_tensorboard_overlays_train_and_val_as_two_runs_with_the_same_tags(tmp_path):
     model, data, result = regression_run(epochs=3, tensorboard_dir=str(tmp_path),
                                          learning_rate=1e-2)
-    acc = _events(tmp_path)
-    tags = acc.Tags()
-    scalars = set(tags['scalars'])
+    train_run, val_run = _events(tmp_path / 'train'), _events(tmp_path / 'val')
     metrics = {'total_loss', 'target_loss', 'nuc_loss', 'r2', 'mae'}
-    assert {t.split('/', 1)[1] for t in scalars if t.startswith('val/')} == metrics
-    assert {t.split('/', 1)[1] for t in scalars if t.startswith('train/')} == \
-        metrics | {'learning_rate', 'grad_norm'}
+    epoch_tags = {t for t in train_run.Tags()['scalars'] if not t.startswith('step/')}
+    assert set(val_run.Tags()['scalars']) == metrics      # the same names in both runs,
+    assert epoch_tags == metrics | {'learning_rate', 'grad_norm'}   # so one chart each
     history = result.history
-    for tag in ('train/total_loss', 'val/r2', 'train/grad_norm', 'train/learning_rate'):
-        events = acc.Scalars(tag)
-        assert [e.step for e in events] == [1, 2, 3]
-        column = {'train/learning_rate': 'learning_rate',
-                  'train/grad_norm': 'grad_norm'}.get(tag, tag.replace('/', '_'))
-        np.testing.assert_allclose([e.value for e in events], history[column], rtol=1e-5)
-    assert tags['histograms'] == []                   # histogram_frequency=0: off
-    # the validation figure, once per improvement
+    for run, split in ((train_run, 'train'), (val_run, 'val')):
+        for name in ('total_loss', 'r2'):
+            events = run.Scalars(name)
+            assert [e.step for e in events] == [1, 2, 3]
+            np.testing.assert_allclose([e.value for e in events], history[f'{split}_{name}'],
+                                       rtol=1e-5)
+    for name in ('learning_rate', 'grad_norm'):
+        np.testing.assert_allclose([e.value for e in train_run.Scalars(name)], history[name],
+                                   rtol=1e-5)
+    assert train_run.Tags()['histograms'] == []           # histogram_frequency=0: off
+    # the validation figure, once per improvement, in the val run
     improved = np.sum(np.diff(np.minimum.accumulate(
         np.concatenate([[np.inf], history['val_total_loss']]))) < 0)
-    assert len(acc.Images('val/figure')) == improved >= 1
+    assert len(val_run.Images('figure')) == improved >= 1
     # the run's event files come back with the result too
-    assert set(result.tensorboard) == {p.name for p in tmp_path.iterdir()}
+    assert set(result.tensorboard) == {p.relative_to(tmp_path).as_posix()
+                                       for p in tmp_path.rglob('*') if p.is_file()}
+
+
+def test_per_step_scalars_record_every_step_and_the_clipping(tmp_path):
+    data = toy_data()
+    trainer = Trainer(tiny_model(), data, np.arange(10), [],
+                      settings(epochs=2, batch_size=4, max_grad_norm=0.01,
+                               tensorboard_dir=str(tmp_path)))
+    norms = _record_step_norms(trainer)
+    trainer.run()
+    run = _events(tmp_path / 'train')
+    steps = 2 * 3                                     # 10 samples in batches of 4, 4, 2
+    for name in ('total_loss', 'unifrac_loss', 'nuc_loss', 'learning_rate', 'grad_norm',
+                 'clipped'):
+        assert [e.step for e in run.Scalars(f'step/{name}')] == list(range(1, steps + 1))
+    logged = [e.value for e in run.Scalars('step/grad_norm')]
+    assert all(n > 0.01 for n in logged)              # before clipping ...
+    assert max(norms) <= 0.01 * (1 + 1e-4)            # ... while the step used the clipped one
+    assert [e.value for e in run.Scalars('step/clipped')] == [1.0] * steps
+
+
+def test_epoch_losses_are_means_weighted_by_samples(monkeypatch):
+    """Batches of 4, 4 and 2 samples: the epoch's loss is their mean weighted 4:4:2."""
+    seen = []
+    original = trainer_module.losses.total_loss
+
+    def recording(terms, weights):
+        loss = original(terms, weights)
+        if loss is not None and loss.requires_grad:
+            seen.append(loss.item())
+        return loss
+    monkeypatch.setattr(trainer_module.losses, 'total_loss', recording)
+    result = train(tiny_model(), toy_data(), np.arange(10), [], settings(epochs=1,
+                                                                         batch_size=4))
+    assert len(seen) == 3
+    weighted = (4 * seen[0] + 4 * seen[1] + 2 * seen[2]) / 10
+    assert result.history['train_total_loss'].iloc[0] == pytest.approx(weighted, rel=1e-6)
+    assert weighted != pytest.approx(np.mean(seen), rel=1e-6)
 
 
 def test_pretraining_tensorboard_tags(tmp_path):
     train(tiny_model(), toy_data(), TRAIN, VAL, settings(tensorboard_dir=str(tmp_path)))
-    scalars = set(_events(tmp_path).Tags()['scalars'])
-    for name in ('total_loss', 'unifrac_loss', 'nuc_loss'):
-        assert f'train/{name}' in scalars and f'val/{name}' in scalars
-    assert not any(t.endswith(('/r2', '/accuracy', '/target_loss')) for t in scalars)
+    for split in ('train', 'val'):
+        scalars = set(_events(tmp_path / split).Tags()['scalars'])
+        assert {'total_loss', 'unifrac_loss', 'nuc_loss'} <= scalars
+        assert not scalars & {'r2', 'accuracy', 'target_loss'}
 
 
 def test_histograms_only_when_asked_and_only_for_parameters_with_gradient(tmp_path):
     model, data, result = regression_run(epochs=2, histogram_frequency=1, freeze_encoder=True,
                                          tensorboard_dir=str(tmp_path))
-    histograms = _events(tmp_path).Tags()['histograms']
+    run = _events(tmp_path / 'train')
     heads = {n for n, _ in model.target_head.named_parameters()}
-    assert set(histograms) == {f'{kind}/target_head.{n}' for kind in ('weights', 'gradients')
-                               for n in heads}
-    assert [e.step for e in _events(tmp_path).Histograms('weights/target_head.0.weight')] == \
-        [1, 2]
+    assert set(run.Tags()['histograms']) == {f'{kind}/target_head.{n}'
+                                             for kind in ('weights', 'gradients') for n in heads}
+    assert [e.step for e in run.Histograms('weights/target_head.0.weight')] == [1, 2]
 
 
 def test_histogram_frequency(tmp_path):
     train(tiny_model(), toy_data(), TRAIN, VAL,
           settings(epochs=2, histogram_frequency=2, tensorboard_dir=str(tmp_path)))
-    acc = _events(tmp_path)
-    histograms = acc.Tags()['histograms']
+    run = _events(tmp_path / 'train')
+    histograms = run.Tags()['histograms']
     assert 'weights/asv_encoder.token.weight' in histograms
     assert 'gradients/nuc_head.weight' in histograms
-    assert [e.step for e in acc.Histograms('weights/nuc_head.weight')] == [2]
+    assert [e.step for e in run.Histograms('weights/nuc_head.weight')] == [2]
 
 
 # -- progress output ---------------------------------------------------------------

@@ -122,16 +122,17 @@ def _fmt(value):
 
 
 class _Running:
-    """Running means of named values, for the progress bar and the epoch record."""
+    """Running means of named values, for the progress bar and the epoch record, weighted
+    by the samples of each batch: a 2-sample last batch weighs 2 samples, not a batch."""
 
     def __init__(self):
         self.sums, self.counts = {}, {}
 
-    def add(self, name, value):
+    def add(self, name, value, weight=1):
         if value is None:
             return
-        self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.counts[name] = self.counts.get(name, 0) + 1
+        self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
+        self.counts[name] = self.counts.get(name, 0) + weight
 
     def means(self):
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
@@ -278,13 +279,14 @@ class Trainer:
                 self._nonfinite(terms, batch)
                 continue
             self.bad_steps = 0
+            self._log_step(terms, loss, float(norm))
             self.optimizer.step()
             if not self.scheduler.per_epoch:
                 self.scheduler.step()
             norms.append(float(norm))
-            running.add('total_loss', loss.item())
+            running.add('total_loss', loss.item(), len(rows))
             for name, value in terms.items():
-                running.add(name, None if value is None else value.item())
+                running.add(name, None if value is None else value.item(), len(rows))
             if self.kind is not None:
                 truth.append(self.data.targets[batch.samples])
                 predicted.append(self._targets_out(out))
@@ -326,9 +328,9 @@ class Trainer:
             batch = self.data.make_batch(rows).to(self.device)
             terms, out = self._step_losses(batch, generator, frozen, clean=True)
             loss = losses.total_loss(terms, self.weights)
-            running.add('total_loss', None if loss is None else loss.item())
+            running.add('total_loss', None if loss is None else loss.item(), len(rows))
             for name, value in terms.items():
-                running.add(name, None if value is None else value.item())
+                running.add(name, None if value is None else value.item(), len(rows))
             embeddings.append(out['embedding'].float().cpu())
             if self.kind is not None:
                 truth.append(self.data.targets[batch.samples])
@@ -380,7 +382,12 @@ class Trainer:
         self.class_names = class_names
         self.bad_steps = 0
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only when training
-        with SummaryWriter(log_dir=tb_dir) as writer:
+        # TensorBoard overlays runs, not tags: train/ and val/ are two runs that log the
+        # same tag names, so that each chart shows both curves
+        with SummaryWriter(log_dir=os.path.join(tb_dir, 'train')) as writer, \
+                SummaryWriter(log_dir=os.path.join(tb_dir, 'val')) as val_writer:
+            self.writers = {'train': writer, 'val': val_writer}
+            self.global_step = 0
             state, started, seen = self._epochs(writer, resume_from)
         elapsed = time.perf_counter() - started
         if state['best_state'] is None:        # every epoch non-finite or no epoch run
@@ -404,6 +411,7 @@ class Trainer:
                  'history': [], 'best_state': None, 'validation': None}
         if resume_from is not None:
             state = self._load_resume(resume_from)
+            self.global_step = state['epoch'] * self.steps_per_epoch
         else:               # dropout draws from torch's global RNG: same seed, same run
             torch.manual_seed(s.random_seed)
         started = time.perf_counter()
@@ -445,15 +453,29 @@ class Trainer:
                 break
         return state, started, seen
 
+    def _log_step(self, terms, loss, norm):
+        """Per-step scalars (tags step/…, x axis: optimizer steps): the loss terms, the
+        learning rate, the gradient norm before clipping and whether it was clipped."""
+        self.global_step += 1
+        writer, step = self.writers['train'], self.global_step
+        writer.add_scalar('step/total_loss', loss.item(), step)
+        for name, value in terms.items():
+            if value is not None:
+                writer.add_scalar(f'step/{name}', value.item(), step)
+        writer.add_scalar('step/learning_rate', self.optimizer.param_groups[0]['lr'], step)
+        writer.add_scalar('step/grad_norm', norm, step)
+        limit = self.s.max_grad_norm
+        writer.add_scalar('step/clipped', float(bool(limit) and norm > limit), step)
+
     def _log(self, writer, epoch, record, improved, table):
         for key, value in record.items():
             if key == 'epoch' or value is None or not np.isfinite(value):
                 continue
             if key.startswith(('train_', 'val_')):
                 split, name = key.split('_', 1)
-                writer.add_scalar(f'{split}/{name}', value, epoch)
+                self.writers[split].add_scalar(name, value, epoch)
             else:
-                writer.add_scalar(f'train/{key}', value, epoch)
+                writer.add_scalar(key, value, epoch)
         freq = self.s.histogram_frequency
         if freq and epoch % freq == 0:
             for name, p in self.model.named_parameters():
@@ -461,9 +483,10 @@ class Trainer:
                     writer.add_histogram(f'weights/{name}', p.detach().float().cpu(), epoch)
                     writer.add_histogram(f'gradients/{name}', p.grad.float().cpu(), epoch)
         if improved and table is not None and len(table):
-            writer.add_figure('val/figure', validation_figure(table, self.kind, self.class_names),
-                              epoch)
-        writer.flush()
+            self.writers['val'].add_figure(
+                'figure', validation_figure(table, self.kind, self.class_names), epoch)
+        for w in self.writers.values():
+            w.flush()
 
     # -- resume ----------------------------------------------------------------------
     def _save_resume(self, state):
