@@ -352,8 +352,10 @@ def _epoch_logger(tag):
     return log
 
 
-def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
-    """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions."""
+def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=None):
+    """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions.
+    ``encoder``: a pretrained encoder's state to fit from instead (label_scarce.py
+    pretrains on every sample of the study, which needs no labels)."""
     import torch
     from q2_aam.engine.model import AAM, AAMConfig, load_encoder_weights
     from q2_aam.engine.trainer import class_probabilities, predict, target_scale, train
@@ -376,12 +378,14 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None):
     arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
                 attention_layers=v.attention_layers, dropout=v.dropout,
                 nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size)
-    encoder_state = None
+    encoder_state = encoder
     # one encoder per fold, shared by the ensemble's members, as `fit --i-pretrained` shares it
     key = (ds.name, fold, quick, tuple(sorted(arch.items())), v.max_asvs,
            v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
            v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm)
-    if v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
+    if encoder is not None:
+        pass
+    elif v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
         encoder_state = _PRETRAINED[key]
     elif v.pretrain:
         torch.manual_seed(1000 * fold)
@@ -500,8 +504,16 @@ def score(truth, pred, classes=None):
                                  roc_auc_score)
     if classes is None:
         return {'r2': r2_score(truth, pred), 'mae': mean_absolute_error(truth, pred)}
-    auc = roc_auc_score(truth, pred, multi_class='ovr', average='macro',
-                        labels=list(range(len(classes))))
+    present = np.unique(truth)
+    if len(present) < 2:            # a grouped fold can hold out one class only: no AUROC
+        auc = float('nan')
+    elif len(classes) == 2:         # binary: the second class's probability is the score
+        auc = roc_auc_score(truth, pred[:, 1])
+    else:                           # one-vs-rest over the classes the fold holds
+        probs = pred[:, present] / pred[:, present].sum(1, keepdims=True)
+        auc = roc_auc_score(np.searchsorted(present, truth), probs, multi_class='ovr',
+                            average='macro') if len(present) > 2 else \
+            roc_auc_score(truth == present[1], probs[:, 1])
     return {'accuracy': accuracy_score(truth, pred.argmax(1)), 'auroc': auc}
 
 

@@ -401,3 +401,78 @@ def test_run_aam_classifies_with_and_without_calibration(accuracy, calibrate):
         assert info['calibration']['temperature'] > 0 and len(info['calibration']['bias']) == 4
     else:
         assert 'calibration' not in info
+
+
+def test_score_binary_and_a_fold_holding_one_class(accuracy):
+    from sklearn.metrics import roc_auc_score
+    truth = np.array([0, 1, 1, 0])
+    proba = np.array([[.9, .1], [.2, .8], [.4, .6], [.3, .7]])
+    s = accuracy.score(truth, proba, ['a', 'b'])
+    assert s['accuracy'] == 0.75 and s['auroc'] == roc_auc_score(truth, proba[:, 1]) == 0.75
+    one = accuracy.score(np.array([0, 0]), proba[:2], ['a', 'b'])   # a grouped fold
+    assert one['accuracy'] == 0.5 and np.isnan(one['auroc'])
+    three = np.array([[.7, .2, .1], [.1, .8, .1], [.2, .2, .6], [.5, .4, .1]])
+    assert accuracy.score(np.array([0, 1, 2, 0]), three, list('abc'))['auroc'] == \
+        roc_auc_score([0, 1, 2, 0], three, multi_class='ovr', average='macro')
+
+
+def test_across_table_per_row_and_pooled_over_rows(pooled):
+    import pandas as pd
+    rows = []
+    # row A: aam +0.1 on each of 4 splits (ahead); row B: aam -0.1, +0.1, 0, 0 (level)
+    for ds, deltas in (('A', [.1, .1, .1, .1]), ('B', [-.1, .1, 0, 0])):
+        for fold, d in enumerate(deltas):
+            rows.append(dict(dataset=ds, model='rf', split_seed=0, fold=fold, accuracy=.5))
+            rows.append(dict(dataset=ds, model='aam', split_seed=0, fold=fold,
+                             accuracy=.5 + d))
+    rows.append(dict(dataset='C', model='rf', split_seed=0, fold=0, r2=.3))
+    rows.append(dict(dataset='C', model='aam', split_seed=0, fold=0, r2=.1))
+    text = pooled.across_table(pd.DataFrame(rows), 'rf', seen=('A',))
+    lines = {l.split('|')[1].strip(): [c.strip() for c in l.strip('|').split('|')]
+             for l in text.splitlines() if l.startswith('| ') and not l.startswith('| row')}
+    assert lines['A (seen)'][1:3] == ['accuracy', '4'] and lines['A (seen)'][6] == 'ahead'
+    assert lines['A (seen)'][5].startswith('+0.100 (+0.100, +0.100)')
+    assert lines['B'][6] == 'level' and lines['B'][7] == '1 / 2 / 1'
+    assert lines['C'][1] == 'r2' and lines['C'][5].startswith('-0.200')
+    pooled_row = lines['**pooled, 3 rows**']
+    assert pooled_row[5].startswith(f'**{(0.1 + 0 - 0.2) / 3:+.3f}')
+    assert pooled_row[6] == '1 ahead / 1 level / 1 behind' and pooled_row[7] == '5 / 2 / 2'
+
+
+def test_the_suite_names_every_study_and_says_what_it_skips(accuracy):
+    folders = {accuracy.DATASETS[k][0] for k in accuracy.SUITE}
+    assert folders == {'sleep-apnea-10422', 'moving-pictures', 'gepotidacin-uuti', 'hiv-bcn0',
+                       'keyboard-fierer2010', 'pd-mice'}
+    assert len(accuracy.SUITE) == 10
+    assert set(accuracy.SEEN) <= set(accuracy.DATASETS)
+    assert 'hiv-bcn0 / HIV_serostatus' in accuracy.SKIPPED
+    grouped = {k for k in accuracy.SUITE if accuracy.DATASETS[k][3]}
+    assert grouped == {'sleep-apnea', 'gepotidacin-type', 'gepotidacin-visit',
+                       'pd-mice-donor', 'pd-mice-days'}
+
+
+def test_label_scarce_subsets_keep_every_class_and_grow(accuracy):
+    spec = importlib.util.spec_from_file_location('label_scarce', SCRIPT.parent /
+                                                  'label_scarce.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ds = stratified(accuracy)
+    rows = np.arange(len(ds.y))
+    small = module.labelled_subset(ds, rows, 0.1, seed=0)
+    assert set(ds.y[small]) == {0, 1, 2, 3} and np.bincount(ds.y[small]).min() == 2
+    assert list(module.labelled_subset(ds, rows, 1.0, seed=0)) == list(rows)
+    reg = grouped(accuracy)
+    quarter = module.labelled_subset(reg, np.arange(64), 0.25, seed=1)
+    assert len(quarter) == 16 and len(set(quarter)) == 16
+
+
+@pytest.mark.skipif(not (SCRIPT.parents[2] / 'shared' / 'data' / 'hiv-bcn0').exists(),
+                    reason='../shared/data is not here')
+def test_suite_datasets_load_with_their_groups(accuracy):
+    hiv = accuracy.load_dataset('hiv-age')
+    assert hiv.task == 'regression' and len(hiv.y) == 155
+    assert len(set(hiv.groups)) == 155          # one sample per person: plain folds
+    gep = accuracy.load_dataset('gepotidacin-visit')
+    assert gep.classes == ['Day 5', 'Follow-up', 'Predose Day'] and len(set(gep.groups)) == 22
+    for train, test in accuracy.make_splits(gep, 5):
+        assert not set(gep.groups[train]) & set(gep.groups[test])
