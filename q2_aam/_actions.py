@@ -13,7 +13,7 @@ import qiime2
 import skbio
 
 from . import _inputs
-from .engine import calibration, checkpoint, optim
+from .engine import calibration, checkpoint, optim, runstate
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights, parameter_count
@@ -31,7 +31,8 @@ DEFAULTS = dict(
     attention_heads=4, attention_layers=1, nucleotide_layers=1, dropout=0.1, kmer_size=6,
     nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
-    random_seed=0, device='auto', threads=0, tensorboard_dir='', histogram_frequency=50,
+    random_seed=0, device='auto', threads=0, tensorboard_dir='', checkpoint_dir='',
+    histogram_frequency=50,
     ensemble_size=5,
     rarefy_depth=2000, calibrate=False,
 )
@@ -109,6 +110,46 @@ def _check_size(arch, max_bp, members=1):
             'Lower embedding_dim, attention_layers, nucleotide_layers or ensemble_size.')
 
 
+# settings that change where or how fast a run goes, not what it computes: a resumed run
+# may change them
+NOT_FINGERPRINTED = ('checkpoint_dir', 'tensorboard_dir', 'threads', 'device',
+                     'histogram_frequency')
+
+
+def _start_checkpoints(p, action, data, pretrained=None):
+    """With a checkpoint_dir: create it, or check that it holds this same run."""
+    if not p.get('checkpoint_dir'):
+        return
+    record = {'action': action, 'data': runstate.fingerprint(data),
+              'pretrained': None if pretrained is None else runstate.fingerprint_state(
+                  pretrained.state_dict),
+              **{k: v for k, v in sorted(p.items()) if k not in NOT_FINGERPRINTED}}
+    if runstate.prepare(p['checkpoint_dir'], record):
+        _inputs.note(f"checkpoint_dir {p['checkpoint_dir']} holds this run: resuming it.")
+
+
+def _train_member(model, data, rows, settings, p, member=0, class_names=None):
+    """train(), or with a checkpoint_dir: skip a member that finished before, resume one
+    that was interrupted, and keep its best model, last state, figures and logs there."""
+    if not p.get('checkpoint_dir'):
+        return train(model, data, *rows, settings, class_names=class_names)
+    here = runstate.member_folder(p['checkpoint_dir'], member, p.get('ensemble_size', 1))
+    here.mkdir(parents=True, exist_ok=True)
+    finished = runstate.load_finished(here)
+    if finished is not None:
+        _inputs.note(f'{here}: this model finished before; taken as it is.')
+        return finished
+    resume = runstate.resume_point(here)
+    if resume is not None:
+        _inputs.note(f'{here}: resuming after the last saved epoch.')
+    settings = dataclasses.replace(
+        settings, checkpoint_dir=str(here),
+        tensorboard_dir=settings.tensorboard_dir or str(here / 'tensorboard'))
+    result = train(model, data, *rows, settings, class_names=class_names, resume_from=resume)
+    runstate.save_finished(here, result)
+    return result
+
+
 def _training_record(p, settings, samples, extra=None):
     record = {k: v for k, v in p.items()}
     record['scheduler_params'] = settings.scheduler_params
@@ -148,6 +189,7 @@ def pretrain(
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = D['nuc_weight'],
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
+        checkpoint_dir: str = D['checkpoint_dir'],
         histogram_frequency: int = D['histogram_frequency']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
@@ -170,8 +212,9 @@ def pretrain(
     if not cfg.asv_layers and p['nuc_weight'] > 0:
         _inputs.note('no masked-nucleotide loss: with nucleotide_layers 0 the encoder reads '
                      'each ASV as its k-mer profile and has no bases to predict.')
-    result = train(AAM(cfg), data, *_split(data, p['validation_size'], p['random_seed']),
-                   settings)
+    _start_checkpoints(p, 'pretrain', data)
+    result = _train_member(AAM(cfg), data, _split(data, p['validation_size'], p['random_seed']),
+                           settings, p)
     return _saved(cfg, p, settings, [result], sample_ids,
                   extra={'alpha_diversity': alpha_diversity is not None})
 
@@ -247,6 +290,7 @@ def fit(
         unifrac_weight: float = D['unifrac_weight'], nuc_weight: float = FIT_NUC_WEIGHT,
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
+        checkpoint_dir: str = D['checkpoint_dir'],
         histogram_frequency: int = D['histogram_frequency'],
         ensemble_size: int = D['ensemble_size'],
         rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate']) -> SavedModel:
@@ -303,6 +347,7 @@ def fit(
                  calibration.cross_fit_folds(len(train_rows), p['ensemble_size'],
                                              stratify=targets[train_rows],
                                              seed=p['random_seed'])]
+    _start_checkpoints(p, 'fit', data, pretrained)
     results, held_out = [], []
     for member in range(p['ensemble_size']):
         rows = (folds[member][0] if cross_fit else train_rows), val_rows
@@ -363,7 +408,7 @@ def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names):
     model = AAM(cfg)
     if pretrained is not None:
         load_encoder_weights(model, pretrained.state_dict)
-    return train(model, data, *rows, settings, class_names=class_names)
+    return _train_member(model, data, rows, settings, p, member, class_names=class_names)
 
 
 def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):

@@ -77,6 +77,7 @@ training = {
     'threads': Threads,
     'tensorboard_dir': Str,
     'histogram_frequency': _upto(0, 100_000),
+    'checkpoint_dir': Str,
     'max_asvs': _upto(1, 100_000),
 }
 architecture = {
@@ -138,6 +139,13 @@ descriptions = {
     'tensorboard_dir': 'Optional folder for live TensorBoard logs while training: each run '
                        'writes into a new subfolder of its own. The run\'s logs are always '
                        'inside the model artifact too. In Galaxy, leave it empty.',
+    'checkpoint_dir': 'Optional folder that keeps the run resumable: while training it holds '
+                      'the best model so far, the last epoch\'s full state, the validation '
+                      'figure (PNG) of every epoch that improved and the live TensorBoard '
+                      'logs. Running the same command again after an interruption resumes '
+                      'from it and ends with the same model as an uninterrupted run; a folder '
+                      'of a run with other settings or data is refused. In Galaxy, leave it '
+                      'empty.',
     'histogram_frequency': 'Write histograms of the weights and gradients to the TensorBoard '
                            'logs every this many epochs (0 = never). They cost little time '
                            'and make the logs larger; see benchmarks/results.md.',

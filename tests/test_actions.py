@@ -631,3 +631,65 @@ def test_fit_with_distances_and_without_validation(tmp_path, capsys):
     from q2_aam._actions import DEFAULTS
     assert saved.ensemble_size == DEFAULTS['ensemble_size'] > 1
     assert f"<tr><th>ensemble members</th><td>{DEFAULTS['ensemble_size']}</td></tr>" in html
+
+
+# -- checkpoint_dir: resume an interrupted run ------------------------------------------
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(monkeypatch, member_folder_name, epoch):
+    """Stop the run right after the trainer saved ``epoch`` in that member's folder."""
+    from q2_aam.engine import trainer as trainer_module
+    original = trainer_module.Trainer._save_resume
+
+    def save_then_stop(self, state):
+        original(self, state)
+        if self.s.checkpoint_dir.endswith(member_folder_name) and state['epoch'] == epoch:
+            raise Interrupted
+    monkeypatch.setattr(trainer_module.Trainer, '_save_resume', save_then_stop)
+
+
+def test_an_interrupted_fit_resumes_to_the_same_model(tmp_path, monkeypatch):
+    settings = dict(epochs=4, ensemble_size=2, validation_size=0.2)
+    whole = _fit(days(), **settings).view(SavedModel)
+    folder = tmp_path / 'checkpoints'
+    _interrupt_at(monkeypatch, 'member-1', 2)
+    with pytest.raises(Interrupted):
+        _fit(days(), checkpoint_dir=str(folder), **settings)
+    monkeypatch.undo()
+    assert (folder / 'member-0' / 'finished.pt').is_file()        # member 0 was done
+    assert (folder / 'member-1' / 'last_checkpoint.pt').is_file()
+    assert not (folder / 'member-1' / 'finished.pt').exists()
+    pngs = sorted(p.name for p in (folder / 'member-0').glob('validation-epoch-*.png'))
+    assert pngs and pngs[0] == 'validation-epoch-1.png'
+    assert list((folder / 'member-1' / 'tensorboard').rglob('events.out.tfevents.*'))
+    resumed = _fit(days(), checkpoint_dir=str(folder), **settings).view(SavedModel)
+    assert state_equal(resumed.state_dict, whole.state_dict)
+    assert resumed.config['best_epoch'] == whole.config['best_epoch']
+    pd.testing.assert_frame_equal(resumed.history, whole.history)
+
+
+def test_a_checkpoint_dir_of_another_run_is_refused_naming_the_differences(tmp_path):
+    folder = tmp_path / 'checkpoints'
+    _fit(days(), epochs=1, checkpoint_dir=str(folder))
+    with pytest.raises(ValueError, match=r"holds a run with other settings or data \(1 differ: "
+                                         r"learning_rate: 0.003 then, 0.01 now\)"):
+        _fit(days(), epochs=1, learning_rate=0.01, checkpoint_dir=str(folder))
+    with pytest.raises(ValueError, match=r'\(1 differ: data: '):
+        _fit(body_site(), epochs=1, checkpoint_dir=str(folder))
+    again = _fit(days(), epochs=1, checkpoint_dir=str(folder))      # same run: taken as is
+    assert again.view(SavedModel).config['epochs_run'] == 1
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_encoder(tmp_path, monkeypatch):
+    from plugin_fixtures import _pretrain
+    whole = _pretrain(epochs=3).view(SavedModel)
+    folder = tmp_path / 'pre'
+    _interrupt_at(monkeypatch, 'pre', 1)
+    with pytest.raises(Interrupted):
+        _pretrain(epochs=3, checkpoint_dir=str(folder))
+    monkeypatch.undo()
+    resumed = _pretrain(epochs=3, checkpoint_dir=str(folder)).view(SavedModel)
+    assert state_equal(resumed.state_dict, whole.state_dict)

@@ -434,6 +434,7 @@ class Trainer:
                              best_state=_cpu_state(self.model), validation=table)
                 if s.checkpoint_dir:
                     _atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
+                    self._save_figure(table, epoch)
             else:
                 state['waited'] += 1
             state['history'].append(record)
@@ -489,6 +490,13 @@ class Trainer:
             w.flush()
 
     # -- resume ----------------------------------------------------------------------
+    def _save_figure(self, table, epoch):
+        """The validation figure of an improved epoch, as a PNG in the checkpoint folder."""
+        if table is None or not len(table):
+            return
+        figure = validation_figure(table, self.kind, self.class_names)
+        figure.savefig(Path(self.s.checkpoint_dir) / f'validation-epoch-{epoch}.png', dpi=100)
+
     def _save_resume(self, state):
         payload = {
             'model': _cpu_state(self.model), 'optimizer': self.optimizer.state_dict(),

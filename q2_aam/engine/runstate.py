@@ -1,0 +1,123 @@
+"""A checkpoint folder that lets an interrupted training run resume where it stopped.
+
+Layout (one folder per ensemble member, ``member-<i>/``, or the folder itself for one model):
+``run.json`` (what the run was started with: its settings and a fingerprint of its data),
+``best_model.pt`` and ``last_checkpoint.pt`` (written by the trainer every epoch),
+``validation-epoch-<n>.png`` (the validation figure each time validation improves),
+``tensorboard/`` (live logs) and ``finished.pt`` (a finished member's result, so that a
+rerun skips it). Everything is read back with ``weights_only=True``.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+RUN_FILE = 'run.json'
+FINISHED = 'finished.pt'
+LAST = 'last_checkpoint.pt'
+
+
+def fingerprint(data):
+    """Short hashes of what a run trains on: the same command on other data must not
+    resume from this folder."""
+    def digest(*parts):
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(part if isinstance(part, bytes) else str(part).encode())
+        return h.hexdigest()[:16]
+    rows = [np.concatenate([a, r]) for a, r in zip(data.asvs, data.reads)]
+    return {
+        'samples': digest('\t'.join(data.sample_ids)),
+        'features': digest('\t'.join(data.feature_ids), data.tokens.numpy().tobytes()),
+        'counts': digest(*(np.asarray(r, np.float64).tobytes() for r in rows)),
+        'targets': None if data.targets is None else digest(
+            np.asarray(data.targets).astype(str).tobytes()),
+        'distances': None if data.distances is None else digest(data.distances.tobytes()),
+    }
+
+
+def fingerprint_state(state):
+    """A short hash of a state dict (a pretrained encoder a run starts from)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def prepare(folder, record):
+    """Create the folder, or check that it was started by the same run. ``record`` is a
+    JSON-able dict (settings and data fingerprint); any difference is an error naming it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f'checkpoint_dir {str(folder)!r} is a file, not a folder. Give the '
+                         'path of a folder (it is created if missing).')
+    record = json.loads(json.dumps(record))          # as it will read back
+    path = folder / RUN_FILE
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            before = {}
+        differ = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
+        if differ:
+            shown = '; '.join(f'{k}: {before.get(k)!r} then, {record.get(k)!r} now'
+                              for k in differ[:6])
+            raise ValueError(
+                f'checkpoint_dir {str(folder)!r} holds a run with other settings or data '
+                f'({len(differ)} differ: {shown}). Rerun with the same inputs and settings to '
+                'resume it, or give another (or an empty) checkpoint_dir for a new run.')
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return False
+
+
+def member_folder(folder, member, members):
+    return Path(folder) / f'member-{member}' if members > 1 else Path(folder)
+
+
+def resume_point(folder):
+    """The last epoch's full state to resume from, if an earlier run left one."""
+    path = Path(folder) / LAST
+    return path if path.is_file() else None
+
+
+def save_finished(folder, result):
+    """A finished member's result, as plain tensors, lists and strings."""
+    payload = {
+        'state_dict': result.state_dict,
+        'history': result.history.to_dict(orient='list'),
+        'validation': result.validation.reset_index().astype(object).where(
+            result.validation.reset_index().notna(), None).to_dict(orient='list'),
+        'validation_index': result.validation.index.name or 'sample-id',
+        'best_epoch': int(result.best_epoch), 'epochs_run': int(result.epochs_run),
+        'target_mean': result.target_mean, 'target_std': result.target_std,
+        'tensorboard': {k: torch.frombuffer(bytearray(v), dtype=torch.uint8)
+                        for k, v in result.tensorboard.items()},
+        'train_seconds': float(result.train_seconds),
+        'train_samples_per_second': float(result.train_samples_per_second),
+    }
+    tmp = Path(folder) / (FINISHED + '.tmp')
+    torch.save(payload, tmp)
+    tmp.replace(Path(folder) / FINISHED)
+
+
+def load_finished(folder):
+    """The result save_finished wrote, or None."""
+    from .trainer import TrainResult
+    path = Path(folder) / FINISHED
+    if not path.is_file():
+        return None
+    p = torch.load(path, map_location='cpu', weights_only=True)
+    validation = pd.DataFrame(p['validation']).set_index(p['validation_index'])
+    return TrainResult(
+        state_dict=p['state_dict'], history=pd.DataFrame(p['history']), validation=validation,
+        best_epoch=p['best_epoch'], epochs_run=p['epochs_run'], target_mean=p['target_mean'],
+        target_std=p['target_std'],
+        tensorboard={k: bytes(v.numpy().tobytes()) for k, v in p['tensorboard'].items()},
+        train_seconds=p['train_seconds'],
+        train_samples_per_second=p['train_samples_per_second'])
