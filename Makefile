@@ -17,6 +17,7 @@ APT_PACKAGES := qiime q2cli q2-types q2-feature-table q2-diversity-lib \
 	q2-sample-classifier q2templates python3-matplotlib python3-venv python3-tqdm
 # pip must never replace these Debian builds: their compiled parts must match.
 PINNED := numpy pandas scipy scikit-bio biom-format h5py
+GALAXY_WHEEL := $(wildcard $(CURDIR)/../shared/wheels/q2galaxy-*.whl)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # "conda" when $(PYTHON) already imports qiime2 and is not our own .venv.
@@ -80,6 +81,12 @@ $(STAMP): setup.py Makefile
 	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt $(TORCH) tensorboard tqdm pytest
 	@echo "==> Installing q2-aam itself (editable: changes to the code take effect at once)"
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	@# q2galaxy (Galaxy tool wrappers) is on neither PyPI nor Debian; the tests use it when
+	@# the shared wheel is beside the checkout, and skip the Galaxy checks otherwise
+	@if [ -n "$(GALAXY_WHEEL)" ]; then \
+		echo "==> Installing q2galaxy from $(GALAXY_WHEEL) (for the Galaxy tests)"; \
+		$(VENV)/bin/python -m pip install -q --no-deps $(GALAXY_WHEEL); \
+	fi
 	@echo "==> Writing .venv/bin/qiime (Debian's /usr/bin/qiime cannot see .venv)"
 	@printf '#!%s\nimport sys\nfrom q2cli.__main__ import qiime\nsys.argv[0] = "qiime"\nsys.exit(qiime())\n' \
 		"$(VENV)/bin/python" > $(VENV)/bin/qiime

@@ -59,6 +59,22 @@ def _threads(value):
     return None if value in (0, 'auto', None) else int(value)
 
 
+def _safe_folder(name, path):
+    """Under Galaxy (the action runs inside `q2galaxy run`) a folder parameter may only
+    name a folder inside the job's working directory: a relative path that does not climb
+    out. Elsewhere any path is the user's own choice."""
+    import sys
+    if not path or 'q2galaxy' not in sys.modules:
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.isabs(path) or parts[0] == '..':
+        raise ValueError(f'Under Galaxy, {name} must be a folder inside the job\'s working '
+                         f'directory (a relative path), not {path!r}: the job must not write '
+                         'elsewhere on the server. Leave it empty; the logs are in the '
+                         'model artifact.')
+    return path
+
+
 def _run_folder(tensorboard_dir):
     """A fresh folder of this run's own inside the user's tensorboard_dir, so that the
     artifact holds this run's event files and nothing else that lives in that folder."""
@@ -91,7 +107,8 @@ def _settings(p, **overrides):
         histogram_frequency=p['histogram_frequency'], tensorboard_dir=None, quiet=False,
         **overrides)
     optim._check_params(s.scheduler, params)        # unknown keys fail before training
-    s.tensorboard_dir = _run_folder(p['tensorboard_dir'])
+    s.tensorboard_dir = _run_folder(_safe_folder('tensorboard_dir', p['tensorboard_dir']))
+    _safe_folder('checkpoint_dir', p.get('checkpoint_dir'))
     return s
 
 

@@ -1,8 +1,10 @@
 """Usage examples for every action, built from the bundled moving-pictures data.
 
 They run for real (q2galaxy turns them into tool tests, `--example-data` writes their
-inputs), so the models are tiny and train for two epochs.
+inputs), so the models are tiny and train for two epochs. Each example calls exactly one
+action; a model it needs comes from a factory that trains a tiny one.
 """
+import functools
 import importlib.resources
 
 import qiime2
@@ -34,64 +36,72 @@ def _inputs(use):
     return table, sequences
 
 
-def _pretrained(use, table, sequences):
+@functools.lru_cache(maxsize=None)
+def _tiny_encoder():
+    """An encoder trained for two epochs in the factory itself: each example runs one action,
+    so that q2galaxy writes one test per tool whose inputs all exist in test-data/."""
+    from qiime2.plugins.aam.methods import pretrain
+    return pretrain(table=_artifact('table.qza')(), sequences=_artifact('rep-seqs.qza')(),
+                    distance_matrix=_artifact('unweighted-unifrac.qza')(), **TINY).model
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_classifier():
+    from qiime2.plugins.aam.methods import fit
+    column = _metadata().get_column('body-site')
+    return fit(table=_artifact('table.qza')(), sequences=_artifact('rep-seqs.qza')(),
+               metadata=column, ensemble_size=1, **TINY).model
+
+
+def _classifier(use):
+    return use.init_artifact('classifier', _tiny_classifier)
+
+
+def pretrain(use):
+    table, sequences = _inputs(use)
     distances = use.init_artifact('unweighted_unifrac', _artifact('unweighted-unifrac.qza'))
     encoder, = use.action(
         use.UsageAction('aam', 'pretrain'),
         use.UsageInputs(table=table, sequences=sequences, distance_matrix=distances, **TINY),
         use.UsageOutputNames(model='encoder'))
-    return encoder
-
-
-def _classifier(use, table, sequences, encoder):
-    metadata = use.init_metadata('sample_metadata', _metadata)
-    body_site = use.get_metadata_column('body_site', 'body-site', metadata)
-    tiny = {k: v for k, v in TINY.items()
-            if k not in ('embedding_dim', 'attention_heads', 'attention_layers')}
-    classifier, = use.action(
-        use.UsageAction('aam', 'fit'),
-        use.UsageInputs(table=table, sequences=sequences, metadata=body_site,
-                        pretrained=encoder, **tiny),
-        use.UsageOutputNames(model='classifier'))
-    return classifier
-
-
-def pretrain(use):
-    table, sequences = _inputs(use)
-    encoder = _pretrained(use, table, sequences)
     encoder.assert_output_type('AAMModel[AAMEncoder]')
 
 
 def fit(use):
     table, sequences = _inputs(use)
-    classifier = _classifier(use, table, sequences, _pretrained(use, table, sequences))
+    encoder = use.init_artifact('encoder', _tiny_encoder)
+    metadata = use.init_metadata('sample_metadata', _metadata)
+    body_site = use.get_metadata_column('body_site', 'body-site', metadata)
+    tiny = {k: v for k, v in TINY.items()      # the architecture is the encoder's
+            if k not in ('embedding_dim', 'attention_heads', 'attention_layers')}
+    classifier, = use.action(
+        use.UsageAction('aam', 'fit'),
+        use.UsageInputs(table=table, sequences=sequences, metadata=body_site,
+                        pretrained=encoder, ensemble_size=1, **tiny),
+        use.UsageOutputNames(model='classifier'))
     classifier.assert_output_type('AAMModel[AAMClassifier]')
 
 
 def predict(use):
     table, sequences = _inputs(use)
-    classifier = _classifier(use, table, sequences, _pretrained(use, table, sequences))
     predictions, = use.action(
         use.UsageAction('aam', 'predict'),
-        use.UsageInputs(model=classifier, table=table, sequences=sequences),
+        use.UsageInputs(model=_classifier(use), table=table, sequences=sequences),
         use.UsageOutputNames(predictions='predictions'))
     predictions.assert_output_type('SampleData[ClassifierPredictions]')
 
 
 def predict_probabilities(use):
     table, sequences = _inputs(use)
-    classifier = _classifier(use, table, sequences, _pretrained(use, table, sequences))
     probabilities, = use.action(
         use.UsageAction('aam', 'predict_probabilities'),
-        use.UsageInputs(model=classifier, table=table, sequences=sequences),
+        use.UsageInputs(model=_classifier(use), table=table, sequences=sequences),
         use.UsageOutputNames(probabilities='probabilities'))
     probabilities.assert_output_type('SampleData[Probabilities]')
 
 
 def plot_validation(use):
-    table, sequences = _inputs(use)
-    classifier = _classifier(use, table, sequences, _pretrained(use, table, sequences))
     use.action(
         use.UsageAction('aam', 'plot_validation'),
-        use.UsageInputs(model=classifier),
+        use.UsageInputs(model=_classifier(use)),
         use.UsageOutputNames(visualization='classifier_validation'))
