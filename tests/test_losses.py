@@ -84,3 +84,19 @@ def test_total_loss_is_weighted_sum_of_present_terms():
     assert total_loss(terms, weights).item() == pytest.approx(0.5 * 2 + 2 * 3)
     assert total_loss({'nuc_loss': None}, weights) is None
     assert total_loss({'nuc_loss': torch.tensor(1.5)}, {}).item() == 1.5   # default weight 1
+
+
+def test_unifrac_loss_leaves_out_pairs_of_unknown_distance():
+    import math
+    torch.manual_seed(0)
+    embedding = torch.randn(3, 4, requires_grad=True)
+    distances = torch.tensor([[0.0, 0.5, float('nan')],
+                              [0.5, 0.0, float('nan')],
+                              [float('nan'), float('nan'), 0.0]])
+    loss = unifrac_loss(embedding, distances)
+    only_pair = (torch.dist(embedding[0], embedding[1]) - 0.5) ** 2
+    assert math.isclose(loss.item(), only_pair.item(), rel_tol=1e-5)
+    loss.backward()
+    assert torch.isfinite(embedding.grad).all() and embedding.grad[2].abs().sum() == 0
+    nan = torch.full((2, 2), float('nan'))
+    assert unifrac_loss(torch.randn(2, 4), nan) is None

@@ -21,12 +21,22 @@ def pairwise_distances(embedding):
 
 
 def unifrac_loss(embedding, distances):
-    """MSE between sample-vector distances and the batch's UniFrac sub-matrix."""
+    """MSE between sample-vector distances and the batch's UniFrac sub-matrix.
+
+    A NaN distance is unknown and its pair is left out: samples of studies pooled for
+    pretraining have UniFrac within their own study only (each study its own tree).
+    """
     if embedding.shape[0] < 2:
         return None
     b = embedding.shape[0]
     rows, cols = torch.triu_indices(b, b, offset=1, device=embedding.device)
-    return F.mse_loss(pairwise_distances(embedding), distances[rows, cols].float())
+    target = distances[rows, cols].float()
+    known = torch.isfinite(target)
+    if not bool(known.all()):
+        if not bool(known.any()):
+            return None
+        return F.mse_loss(pairwise_distances(embedding)[known], target[known])
+    return F.mse_loss(pairwise_distances(embedding), target)
 
 
 def nuc_loss(logits, tokens, mask):

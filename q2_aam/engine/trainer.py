@@ -672,9 +672,12 @@ def _pair_table(data, rows, embeddings):
     from .losses import pairwise_distances
     ids = data.sample_ids[rows]
     i, j = np.triu_indices(len(rows), k=1)
+    truth = data.distances[np.ix_(rows, rows)][i, j]
+    known = np.isfinite(truth)                 # pairs of pooled studies have no distance
+    i, j = i[known], j[known]
     return pd.DataFrame({
-        'truth': data.distances[np.ix_(rows, rows)][i, j],
-        'prediction': pairwise_distances(embeddings).numpy()},
+        'truth': truth[known],
+        'prediction': pairwise_distances(embeddings).numpy()[known]},
         index=pd.Index([f'{a} | {b}' for a, b in zip(ids[i], ids[j])], name='sample-id'))
 
 
