@@ -190,7 +190,8 @@ def _split(data, validation_size, seed, stratify=None):
 
 def pretrain(
         table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix,
-        alpha_diversity: pd.Series = None, ignore_missing_samples: bool = False,
+        alpha_diversity: pd.Series = None, pretrained: SavedModel = None,
+        ignore_missing_samples: bool = False,
         max_bp: int = D['max_bp'], embedding_dim: int = D['embedding_dim'],
         attention_heads: int = D['attention_heads'],
         attention_layers: int = D['attention_layers'],
@@ -209,6 +210,10 @@ def pretrain(
         checkpoint_dir: str = D['checkpoint_dir'],
         histogram_frequency: int = D['histogram_frequency']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    if pretrained is not None:      # go on from an encoder: its architecture, its weights
+        given = {k: p[k] for k in ARCHITECTURE if p[k] != DEFAULTS[k]}
+        arch, max_bp = _architecture({**given, 'max_bp': None}, pretrained)
+        p.update(arch, max_bp=max_bp)
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
     seed_everything(p['random_seed'])
@@ -229,11 +234,20 @@ def pretrain(
     if not cfg.asv_layers and p['nuc_weight'] > 0:
         _inputs.note('no masked-nucleotide loss: with nucleotide_layers 0 the encoder reads '
                      'each ASV as its k-mer profile and has no bases to predict.')
-    _start_checkpoints(p, 'pretrain', data)
-    result = _train_member(AAM(cfg), data, _split(data, p['validation_size'], p['random_seed']),
+    _start_checkpoints(p, 'pretrain', data, pretrained)
+    model = AAM(cfg)
+    if pretrained is not None:
+        if (pretrained.model_config.n_outputs > 0) != (targets is not None):
+            raise ValueError('The encoder to continue was pretrained '
+                             f"{'with' if targets is None else 'without'} alpha diversity; "
+                             f"continue it {'with' if targets is None else 'without'} "
+                             'alpha_diversity too.')
+        model.load_state_dict(pretrained.state_dict)
+    result = _train_member(model, data, _split(data, p['validation_size'], p['random_seed']),
                            settings, p)
     return _saved(cfg, p, settings, [result], sample_ids,
-                  extra={'alpha_diversity': alpha_diversity is not None})
+                  extra={'alpha_diversity': alpha_diversity is not None,
+                         'continued': pretrained is not None})
 
 
 def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,
@@ -265,12 +279,13 @@ def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,
                       history, validation, tensorboard)
 
 
-def _architecture(p, pretrained):
-    """The fit's architecture: the pretrained encoder's, which explicit settings must match."""
+def _architecture(p, pretrained, kind='encoder'):
+    """The run's architecture: the starting model's (a pretrained encoder, or a fitted
+    model to continue), which explicit settings must match."""
     if pretrained is None:
         return {k: (FIT_ARCHITECTURE[k] if p.get(k) is None else p[k]) for k in ARCHITECTURE}, \
             (DEFAULTS['max_bp'] if p.get('max_bp') is None else p['max_bp'])
-    if pretrained.task != 'encoder':
+    if kind == 'encoder' and pretrained.task != 'encoder':
         raise ValueError(f'The pretrained model is a {pretrained.task} model; start a fit '
                          'from an encoder made by `qiime aam pretrain`.')
     # an encoder saved before nucleotide_layers existed read bases with attention_layers
@@ -291,6 +306,7 @@ def _architecture(p, pretrained):
 def fit(
         table: biom.Table, sequences: pd.Series, metadata: qiime2.MetadataColumn,
         pretrained: SavedModel = None, distance_matrix: skbio.DistanceMatrix = None,
+        continue_from: SavedModel = None,
         freeze_encoder: bool = False, ignore_missing_samples: bool = False,
         target_weight: float = D['target_weight'], regression_loss: str = D['regression_loss'],
         max_bp: int = None, embedding_dim: int = None, attention_heads: int = None,
@@ -316,7 +332,11 @@ def fit(
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
                          'pretrained encoder was given. Pass --i-pretrained, or leave '
                          'freeze_encoder off.')
-    arch, max_bp = _architecture(p, pretrained)
+    classification = isinstance(metadata, qiime2.CategoricalMetadataColumn)
+    if continue_from is not None:
+        _check_continuation(continue_from, pretrained, classification, p, freeze_encoder)
+    arch, max_bp = _architecture(p, pretrained if continue_from is None else continue_from,
+                                 kind='encoder' if continue_from is None else 'fitted')
     _check_size(arch, max_bp, p['ensemble_size'])
     p.update(arch, max_bp=max_bp)
     settings = _settings(p, freeze_encoder=freeze_encoder, target_weight=p['target_weight'],
@@ -331,11 +351,12 @@ def fit(
                                      what='table with a metadata value')
     counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
     values = values.reindex(sample_ids)
-    classification = isinstance(metadata, qiime2.CategoricalMetadataColumn)
     labels, stratify = None, None
     if classification:
         _inputs.note_numeric_looking(values, metadata.name)
         labels = _inputs.class_labels(values, metadata.name, p['validation_size'])
+        if continue_from is not None:
+            labels = _continued_labels(continue_from, labels, metadata.name)
         targets = values.astype(str).map({c: i for i, c in enumerate(labels)}).to_numpy()
         stratify = targets
     else:
@@ -349,7 +370,8 @@ def fit(
     if distance_matrix is None:
         settings.unifrac_weight = 0.0
     if not classification:   # one scale for every member, so their outputs can be averaged
-        settings.target_scale = target_scale(targets)
+        settings.target_scale = target_scale(targets) if continue_from is None else (
+            continue_from.config['target_mean'], continue_from.config['target_std'])
     train_rows, val_rows = _split(data, p['validation_size'], p['random_seed'],
                                   stratify=stratify)
     cross_fit = classification and p['calibrate'] and p['ensemble_size'] > 1
@@ -368,14 +390,16 @@ def fit(
     results, held_out = [], []
     for member in range(p['ensemble_size']):
         rows = (folds[member][0] if cross_fit else train_rows), val_rows
+        start = None if continue_from is None else continue_from.member_states()[member]
         results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
-                                   class_names=labels))
+                                   class_names=labels, start=start))
         if cross_fit:
             held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
                                               p['device']))
     return _saved(cfg, p, settings, results, sample_ids, labels=labels,
                   extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
-                         'freeze_encoder': freeze_encoder},
+                         'freeze_encoder': freeze_encoder,
+                         'continued': continue_from is not None},
                   cross_fitted=_calibrate(data, folds, held_out, labels) if cross_fit else None)
 
 
@@ -409,7 +433,38 @@ def _calibrate(data, folds, held_out, labels):
     return fitted, table.sort_index()
 
 
-def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names):
+def _check_continuation(previous, pretrained, classification, p, freeze_encoder):
+    """A fit that goes on from a fitted model: same kind, all of its members."""
+    if pretrained is not None:
+        raise ValueError('Give either pretrained (an encoder to start a new model from) or '
+                         'continue_from (a fitted model to train further), not both.')
+    kind = 'classification' if classification else 'regression'
+    if previous.task != kind:
+        raise ValueError(f'continue_from is a {previous.task} model, but the metadata column '
+                         f'gives a {kind}: continue a model with a column of the same kind '
+                         '(numeric for a regressor, categorical for a classifier).')
+    if freeze_encoder:
+        raise ValueError('freeze_encoder needs a pretrained encoder; a continued fit trains '
+                         'every weight of the model it continues.')
+    if p['ensemble_size'] != previous.ensemble_size:
+        _inputs.note(f'continuing all {previous.ensemble_size} members of the model '
+                     f'(ensemble_size {p["ensemble_size"]} is not used).')
+        p['ensemble_size'] = previous.ensemble_size
+
+
+def _continued_labels(previous, labels, column):
+    """A continued classifier keeps its classes: the new samples' classes must be its own."""
+    known = list(previous.config['labels'])
+    new = sorted(set(labels) - set(known))
+    if new:
+        raise ValueError(f'Metadata column {column!r} has {len(new)} classes the model to '
+                         f'continue does not know: {_inputs.preview(new)} (it knows '
+                         f'{_inputs.preview(known)}). Fit a new model for new classes, or '
+                         'leave those samples out.')
+    return known
+
+
+def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names, start=None):
     """Train ensemble member ``member``: its own seed, hence its own initial weights,
     batch order, dropout and read subsampling. Every member validates on the split of
     ``random_seed``: with validation splits of their own, members stopped at unlike epochs
@@ -425,6 +480,8 @@ def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names):
     model = AAM(cfg)
     if pretrained is not None:
         load_encoder_weights(model, pretrained.state_dict)
+    if start is not None:                     # continue a fitted model's member
+        model.load_state_dict(start)
     return _train_member(model, data, rows, settings, p, member, class_names=class_names)
 
 

@@ -213,7 +213,7 @@ model_description = ('The trained model with its configuration, training history
 plugin.methods.register_function(
     function=pretrain,
     inputs={**inputs_common, 'distance_matrix': DistanceMatrix,
-            'alpha_diversity': SampleData[AlphaDiversity]},
+            'alpha_diversity': SampleData[AlphaDiversity], 'pretrained': AAMModel[AAMEncoder]},
     parameters={**training, **architecture,
                 'ignore_missing_samples': fitting['ignore_missing_samples']},
     outputs=[('model', AAMModel[AAMEncoder])],
@@ -222,7 +222,9 @@ plugin.methods.register_function(
         'distance_matrix': 'Distances between the samples (unweighted or weighted UniFrac, '
                            'Bray-Curtis, ...): the model learns to reproduce them.',
         'alpha_diversity': 'Optional per-sample alpha diversity (e.g. Faith PD) to predict '
-                           'as an extra pretraining target.'},
+                           'as an extra pretraining target.',
+        'pretrained': 'Optional encoder to go on training (e.g. on more samples as a study '
+                      'grows): its architecture and weights are the start.'},
     parameter_descriptions={k: descriptions[k] for k in
                             {**training, **architecture, 'ignore_missing_samples': 0}},
     output_descriptions={'model': 'A pretrained encoder. ' + model_description},
@@ -245,7 +247,8 @@ T_column, T_model = TypeMap({
 plugin.methods.register_function(
     function=fit,
     inputs={**inputs_common, 'pretrained': AAMModel[AAMEncoder],
-            'distance_matrix': DistanceMatrix},
+            'distance_matrix': DistanceMatrix,
+            'continue_from': AAMModel[AAMRegressor | AAMClassifier]},
     parameters={'metadata': MetadataColumn[T_column], **training, **architecture, **fitting},
     outputs=[('model', T_model)],
     input_descriptions={
@@ -254,7 +257,11 @@ plugin.methods.register_function(
                       'benchmark studies, pretrained on their labelled samples only, fitting '
                       'from scratch did as well or better (benchmarks/results.md).',
         'distance_matrix': 'Optional distances between samples: keeps the UniFrac loss on '
-                           'while fitting.'},
+                           'while fitting.',
+        'continue_from': 'Optional fitted model of the same kind to train further, e.g. on '
+                         'a study that has grown: every member goes on from its weights, a '
+                         'regressor keeps its target scale and a classifier its classes (new '
+                         'samples may only have classes it knows).'},
     parameter_descriptions={
         'metadata': 'The metadata column to predict: a numeric column gives a regressor, a '
                     'categorical column a classifier. Samples without a value are left '

@@ -693,3 +693,48 @@ def test_an_interrupted_pretraining_resumes_to_the_same_encoder(tmp_path, monkey
     monkeypatch.undo()
     resumed = _pretrain(epochs=3, checkpoint_dir=str(folder)).view(SavedModel)
     assert state_equal(resumed.state_dict, whole.state_dict)
+
+
+# -- continuing a model as a study grows -------------------------------------------------
+
+def test_fit_continues_a_fitted_model_keeping_its_scale_and_members():
+    first = _fit(days(), ensemble_size=2).view(SavedModel)
+    previous = _fit(days(), ensemble_size=2)
+    continued = fit(table=table(), sequences=rep_seqs(), metadata=days(),
+                    continue_from=previous, **{**TINY_TRAIN, 'ensemble_size': 2,
+                                               'learning_rate': 1e-12}).model.view(SavedModel)
+    assert continued.config['training']['continued'] is True and continued.ensemble_size == 2
+    # the scale of the model it continues, not of the 34 samples it now sees
+    assert continued.config['target_mean'] == first.config['target_mean']
+    assert continued.config['target_std'] == first.config['target_std']
+    for a, b in zip(continued.member_states(), first.member_states()):
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # went on from them
+
+
+def test_continuing_needs_the_same_kind_and_known_classes():
+    regressor_model = _fit(days())
+    with pytest.raises(ValueError, match='continue_from is a regression model, but the '
+                                         'metadata column gives a classification'):
+        fit(table=table(), sequences=rep_seqs(), metadata=body_site(),
+            continue_from=regressor_model, **TINY_TRAIN)
+    column = body_site().to_series()
+    column[column == 'gut'] = 'stool'
+    renamed = qiime2.CategoricalMetadataColumn(column)
+    with pytest.raises(ValueError, match=r"1 classes the model to continue does not know: "
+                                         r"'stool'"):
+        fit(table=table(), sequences=rep_seqs(), metadata=renamed,
+            continue_from=classifier(), **TINY_TRAIN)
+    with pytest.raises(ValueError, match='either pretrained .* or continue_from'):
+        fit(table=table(), sequences=rep_seqs(), metadata=days(), pretrained=encoder(),
+            continue_from=regressor_model, **TINY_TRAIN)
+
+
+def test_pretrain_continues_an_encoder():
+    base = encoder()
+    more, = pretrain(table=table(), sequences=rep_seqs(), distance_matrix=distances(),
+                     pretrained=base, **{**TINY_TRAIN, 'learning_rate': 1e-12})
+    more = more.view(SavedModel)
+    assert more.config['training']['continued'] is True
+    assert more.config['model'] == base.view(SavedModel).config['model']
+    start = base.view(SavedModel).state_dict
+    assert all(torch.allclose(more.state_dict[k], start[k], atol=1e-6) for k in start)
