@@ -71,14 +71,25 @@ class PluginSetupTests(TestPluginBase):
     def test_action_signatures(self):
         fit = self.plugin.actions['fit'].signature
         self.assertEqual(set(fit.inputs),
-                         {'table', 'sequences', 'pretrained', 'distance_matrix'})
+                         {'table', 'sequences', 'pretrained', 'distance_matrix',
+                          'continue_from'})
         self.assertTrue(fit.inputs['pretrained'].has_default())      # optional
         self.assertTrue(fit.inputs['distance_matrix'].has_default())
+        self.assertTrue(fit.inputs['continue_from'].has_default())
+        self.assertEqual(str(fit.inputs['continue_from'].qiime_type),
+                         'AAMModel[AAMRegressor | AAMClassifier]')
         self.assertFalse(fit.parameters['metadata'].has_default())
         self.assertEqual(list(fit.outputs), ['model'])
         pretrain = self.plugin.actions['pretrain'].signature
         self.assertFalse(pretrain.inputs['distance_matrix'].has_default())
         self.assertTrue(pretrain.inputs['alpha_diversity'].has_default())
+        self.assertEqual(str(pretrain.inputs['pretrained'].qiime_type), 'AAMModel[AAMEncoder]')
+        # every size and rate has an upper bound that Galaxy can show
+        for name, param in {**fit.parameters, **pretrain.parameters}.items():
+            text = str(param.qiime_type)
+            if text.startswith(('Int', 'Float')) and name != 'threads':
+                self.assertIn('Range(', text, name)
+                self.assertNotIn('None)', text, name)
         self.assertEqual(str(pretrain.outputs['model'].qiime_type), 'AAMModel[AAMEncoder]')
         self.assertEqual(list(self.plugin.actions['predict'].signature.outputs),
                          ['predictions'])
