@@ -251,8 +251,9 @@ class AAMVariant:
     validation: float = 0.2          # fit's inner validation fraction (0: every training
                                      # row is fitted for all epochs, as fit's default)
     max_grad_norm: float = 1.0
-    calibrate: bool = False          # classifiers: members cross-fitted on the training rows,
-                                     # a temperature and class biases fitted out of fold
+    calibrate: bool = False          # members cross-fitted on the training rows; classifiers:
+                                     # a temperature and class biases fitted out of fold;
+                                     # regressors: shrunk toward the mean out of fold
     extra: dict = field(default_factory=dict)   # other TrainSettings fields
 
 
@@ -297,6 +298,10 @@ VARIANTS = {
                             "log(relative abundance + 1e-5), penalty by inner CV"),
     'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining)",
                       **{**DEFAULT, 'pretrain': False}),
+    'aam-shrink': AAMVariant("the defaults with calibrate: members cross-fitted; a regressor "
+                             "shrinks toward the mean as far as out-of-fold predictions "
+                             "support, a classifier gets a temperature and class biases",
+                             **{**DEFAULT, 'pretrain': False, 'calibrate': True}),
     'aam-nucleotides': AAMVariant("the defaults before 2026-11-30: each ASV also read by a "
                                   "one-layer nucleotide transformer (5x the training time)",
                                   **{**WITH_NUCLEOTIDES, 'pretrain': False}),
@@ -400,10 +405,10 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
         info['pre_best_epoch'] = r.best_epoch
     from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
                                            fit_class_calibration)
-    cross_fit = v.calibrate and ds.task != 'regression' and v.ensemble > 1
+    cross_fit = v.calibrate and v.ensemble > 1
     if cross_fit:
-        folds = cross_fit_folds(len(train_rows), v.ensemble, stratify=ds.y[train_rows],
-                                seed=1000 * fold)
+        folds = cross_fit_folds(len(train_rows), v.ensemble, seed=1000 * fold,
+                                stratify=None if ds.task == 'regression' else ds.y[train_rows])
         held_raw = np.zeros((len(train_rows), n_out))
     raws = []
     for member in range(v.ensemble):
@@ -438,6 +443,14 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
             raws.append(out)
         if log:
             log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
+    if ds.task == 'regression' and cross_fit:   # shrink toward the mean, out of fold
+        from q2_aam.engine.calibration import apply_shrinkage, fit_shrinkage
+        scale = target_scale(ds.y[train_rows])
+        shrinkage = fit_shrinkage(held_raw[:, 0] * scale[1] + scale[0], ds.y[train_rows])
+        info['calibration'] = shrinkage
+        if log:
+            log(f'    shrinkage: {shrinkage}')
+        outputs = [apply_shrinkage(out, shrinkage) for out in outputs]
     if ds.task != 'regression':
         calibration = (fit_class_calibration(held_raw, ds.y[train_rows].astype(int), n_out)
                        if cross_fit else None)

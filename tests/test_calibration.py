@@ -99,3 +99,20 @@ def test_apply_is_a_temperature_and_shift_of_the_log_probabilities():
 def test_outputs_and_labels_must_agree():
     with pytest.raises(ValueError, match=r'Expected \(3, 2\) out-of-fold outputs; got \(2, 2\)'):
         fit_class_calibration(np.zeros((2, 2)), [0, 1, 1])
+
+
+def test_shrinkage_keeps_a_real_signal_and_shrinks_noise_to_the_mean():
+    from q2_aam.engine.calibration import apply_shrinkage, fit_shrinkage
+    rng = np.random.default_rng(0)
+    truth = rng.normal(10, 2, 200)
+    real = fit_shrinkage(truth + rng.normal(0, 0.1, 200), truth)
+    assert real['slope'] == pytest.approx(1.0, abs=0.02)
+    noise = fit_shrinkage(rng.normal(10, 5, 200), truth)          # unrelated predictions
+    assert noise['slope'] < 0.1
+    shrunk = apply_shrinkage(np.array([0.0, 20.0]), noise)
+    assert abs(shrunk - truth.mean()).max() < 2.0                 # pulled to the mean
+    stretched = fit_shrinkage(truth / 4 + 7.5, truth)             # too timid: not stretched
+    assert stretched['slope'] == 1.0
+    anti = fit_shrinkage(-truth, truth)                           # wrong way round: the mean
+    assert anti['slope'] == 0.0 and anti['intercept'] == pytest.approx(truth.mean())
+    assert fit_shrinkage(np.ones(5), np.arange(5.0)) == {'slope': 0.0, 'intercept': 2.0}
