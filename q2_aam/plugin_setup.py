@@ -253,9 +253,10 @@ plugin.methods.register_function(
     outputs=[('model', T_model)],
     input_descriptions={
         **input_descriptions_common,
-        'pretrained': 'An encoder from `pretrain` to start from. Optional: on the '
-                      'benchmark studies, pretrained on their labelled samples only, fitting '
-                      'from scratch did as well or better (benchmarks/results.md).',
+        'pretrained': 'An encoder from `pretrain` to start from (its architecture is '
+                      'used). Optional: it paid when labels were scarce (pretrained on every '
+                      'sample of the study, labelled or not) and added nothing with every '
+                      'sample labelled (benchmarks/results.md).',
         'distance_matrix': 'Optional distances between samples: keeps the UniFrac loss on '
                            'while fitting.',
         'continue_from': 'Optional fitted model of the same kind to train further, e.g. on '
