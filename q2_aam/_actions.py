@@ -59,12 +59,18 @@ def _threads(value):
     return None if value in (0, 'auto', None) else int(value)
 
 
-def _safe_folder(name, path):
-    """Under Galaxy (the action runs inside `q2galaxy run`) a folder parameter may only
-    name a folder inside the job's working directory: a relative path that does not climb
-    out. Elsewhere any path is the user's own choice."""
+def _under_galaxy():
+    """Is this process a Galaxy job, i.e. `q2galaxy run PLUGIN ACTION inputs.json`?"""
     import sys
-    if not path or 'q2galaxy' not in sys.modules:
+    return os.path.basename(sys.argv[0] if sys.argv else '').startswith('q2galaxy') and \
+        sys.argv[1:2] == ['run']
+
+
+def _safe_folder(name, path):
+    """Under Galaxy a folder parameter may only name a folder inside the job's working
+    directory: a relative path that does not climb out. Elsewhere any path is the user's
+    own choice."""
+    if not path or not _under_galaxy():
         return path
     parts = os.path.normpath(path).split(os.sep)
     if os.path.isabs(path) or parts[0] == '..':

@@ -86,12 +86,14 @@ def test_export_gives_a_tensorboard_folder(regressor_folder):
     events = list((regressor_folder / 'tensorboard').rglob('events.out.tfevents.*'))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    accumulator = EventAccumulator(str(regressor_folder / 'tensorboard'))
-    accumulator.Reload()
-    scalars = set(accumulator.Tags()['scalars'])
-    # train/ and val/ share metric names so that TensorBoard overlays them
-    assert {'train/total_loss', 'val/total_loss', 'train/target_loss', 'val/target_loss',
-            'train/learning_rate'} <= scalars
+    # two runs, train/ and val/, with the same metric names: TensorBoard overlays them
+    runs = {}
+    for split in ('train', 'val'):
+        accumulator = EventAccumulator(str(regressor_folder / 'tensorboard' / split))
+        accumulator.Reload()
+        runs[split] = set(accumulator.Tags()['scalars'])
+    assert {'total_loss', 'target_loss'} <= runs['train'] & runs['val']
+    assert 'learning_rate' in runs['train'] and 'step/total_loss' in runs['train']
     history = pd.read_csv(regressor_folder / 'history.tsv', sep='\t')
     assert list(history['epoch']) == [1]
     validation = pd.read_csv(regressor_folder / 'validation.tsv', sep='\t', index_col=0)

@@ -141,8 +141,11 @@ def test_example_data(qiime, tmp_path):
     target = tmp_path / 'examples'
     result = qiime('aam', 'fit', '--example-data', target)
     folder = target / 'fit-classifier'
-    assert {'table.qza', 'rep-seqs.qza', 'unweighted-unifrac.qza',
+    # one action per example: fit's inputs are the data and a tiny encoder from a factory
+    assert {'table.qza', 'rep-seqs.qza', 'encoder.qza',
             'sample-metadata.tsv'} <= {p.name for p in folder.iterdir()}, result.stdout
+    assert str(qiime2.Artifact.load(str(folder / 'encoder.qza')).type) == \
+        'AAMModel[AAMEncoder]'
     assert 'body-site' in (folder / 'sample-metadata.tsv').read_text()
     assert str(qiime2.Artifact.load(str(folder / 'table.qza')).type) == \
         'FeatureTable[Frequency]'

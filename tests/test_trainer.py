@@ -159,14 +159,15 @@ def test_model_with_target_needs_targets():
 
 # -- non-finite losses ---------------------------------------------------------------
 
-def _nan_distances(data, samples):
-    data.distances[samples, :] = np.nan
-    data.distances[:, samples] = np.nan
+def _infinite_distances(data, samples):
+    """Corrupt distances (a NaN would mean 'unknown pair', which the loss leaves out)."""
+    data.distances[samples, :] = np.inf
+    data.distances[:, samples] = np.inf
     return data
 
 
 def test_nonfinite_loss_skips_the_step_and_names_term_and_samples():
-    data = _nan_distances(toy_data(), [3])
+    data = _infinite_distances(toy_data(), [3])
     model = tiny_model()
     rows = np.array([0, 1, 2, 3, 4, 5])
     with pytest.warns(RuntimeWarning) as caught:
@@ -180,7 +181,7 @@ def test_nonfinite_loss_skips_the_step_and_names_term_and_samples():
 
 
 def test_skipped_steps_leave_weights_alone_and_five_in_a_row_stop_training():
-    data = _nan_distances(toy_data(), list(range(10)))
+    data = _infinite_distances(toy_data(), list(range(10)))
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # two batches per epoch, two epochs: four bad steps in a row, not yet fatal
@@ -221,7 +222,13 @@ def test_single_best_state_is_returned_and_checkpointed(tmp_path):
     assert result.best_epoch == int(np.argmin(val)) + 1
     assert not same_state(states[result.best_epoch], states[6]) or result.best_epoch == 6
     assert same_state(result.state_dict, states[result.best_epoch])
-    assert all(f == ['best_model.pt', 'last_checkpoint.pt'] for f in files)
+    # the single best model, the last state, and a validation figure per improvement
+    improved = sorted({result.history['epoch'][i] for i in range(len(val))
+                       if val[i] < val[:i].min(initial=np.inf)})
+    assert all(f[:2] == ['best_model.pt', 'last_checkpoint.pt'] for f in files)
+    assert files[-1][2:] == sorted(f'validation-epoch-{e}.png' for e in improved)
+    assert (tmp_path / f'validation-epoch-{result.best_epoch}.png').read_bytes()[:4] == \
+        b'\x89PNG'
     best = torch.load(tmp_path / 'best_model.pt', weights_only=True)
     assert same_state(best, result.state_dict)
     # the validation table is the best epoch's

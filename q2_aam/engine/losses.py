@@ -31,7 +31,7 @@ def unifrac_loss(embedding, distances):
     b = embedding.shape[0]
     rows, cols = torch.triu_indices(b, b, offset=1, device=embedding.device)
     target = distances[rows, cols].float()
-    known = torch.isfinite(target)
+    known = ~torch.isnan(target)          # an infinite distance stays: a corrupt input
     if not bool(known.all()):
         if not bool(known.any()):
             return None

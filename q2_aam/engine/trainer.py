@@ -673,7 +673,7 @@ def _pair_table(data, rows, embeddings):
     ids = data.sample_ids[rows]
     i, j = np.triu_indices(len(rows), k=1)
     truth = data.distances[np.ix_(rows, rows)][i, j]
-    known = np.isfinite(truth)                 # pairs of pooled studies have no distance
+    known = ~np.isnan(truth)                   # pairs of pooled studies have no distance
     i, j = i[known], j[known]
     return pd.DataFrame({
         'truth': truth[known],
