@@ -280,13 +280,15 @@ def test_tensorboard_dir_gets_a_fresh_folder_per_run_and_the_artifact_only_its_f
     models = [fit(table=train_table, sequences=train_seqs, metadata=days(),
                   **{**TINY, **SINGLE, 'tensorboard_dir': str(shared)}).model
               for _ in range(2)]
-    runs = sorted(p for p in shared.iterdir() if p.name.startswith('q2-aam-'))
+    runs = [p for p in shared.iterdir() if p.name.startswith('q2-aam-')]
     assert len(runs) == 2                          # one fresh folder per run
-    for model, run in zip(models, runs):
-        files = model.view(SavedModel).tensorboard
+    on_disk = [sorted(p.relative_to(run).as_posix() for p in run.rglob('*') if p.is_file())
+               for run in runs]
+    carried = [sorted(model.view(SavedModel).tensorboard) for model in models]
+    for files in carried:                          # each artifact: exactly one run's files
         assert files and not any('notes.txt' in path for path in files)
-        assert sorted(files) == sorted(p.relative_to(run).as_posix()
-                                       for p in run.rglob('*') if p.is_file())
+        assert on_disk.count(files) == 1
+    assert carried[0] != carried[1]
     assert (shared / 'docs' / 'notes.txt').read_text() == 'not a log'
 
 
