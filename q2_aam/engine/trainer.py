@@ -429,17 +429,22 @@ class Trainer:
             if self.scheduler.per_epoch:
                 self.scheduler.step(monitored)
             improved = monitored < state['best_loss']
+            # the validation figure of an improved epoch, drawn once for the logs and the PNG
+            figure = (validation_figure(table, self.kind, self.class_names)
+                      if improved and table is not None and len(table) else None)
             if improved:
                 state.update(best_loss=monitored, best_epoch=epoch, waited=0,
                              best_state=_cpu_state(self.model), validation=table)
                 if s.checkpoint_dir:
                     _atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
-                    self._save_figure(table, epoch)
+                    if figure is not None:
+                        figure.savefig(Path(s.checkpoint_dir) / f'validation-epoch-{epoch}.png',
+                                       dpi=100)
             else:
                 state['waited'] += 1
             state['history'].append(record)
             state['epoch'] = epoch
-            self._log(writer, epoch, record, improved, table)
+            self._log(writer, epoch, record, figure)
             if not s.quiet:
                 tqdm.write(_summary_line(record, s.epochs, improved), file=sys.stderr)
             if s.checkpoint_dir:
@@ -468,7 +473,7 @@ class Trainer:
         limit = self.s.max_grad_norm
         writer.add_scalar('step/clipped', float(bool(limit) and norm > limit), step)
 
-    def _log(self, writer, epoch, record, improved, table):
+    def _log(self, writer, epoch, record, figure=None):
         for key, value in record.items():
             if key == 'epoch' or value is None or not np.isfinite(value):
                 continue
@@ -483,20 +488,12 @@ class Trainer:
                 if p.grad is not None and bool(p.grad.abs().sum() > 0):
                     writer.add_histogram(f'weights/{name}', p.detach().float().cpu(), epoch)
                     writer.add_histogram(f'gradients/{name}', p.grad.float().cpu(), epoch)
-        if improved and table is not None and len(table):
-            self.writers['val'].add_figure(
-                'figure', validation_figure(table, self.kind, self.class_names), epoch)
+        if figure is not None:
+            self.writers['val'].add_figure('figure', figure, epoch)
         for w in self.writers.values():
             w.flush()
 
     # -- resume ----------------------------------------------------------------------
-    def _save_figure(self, table, epoch):
-        """The validation figure of an improved epoch, as a PNG in the checkpoint folder."""
-        if table is None or not len(table):
-            return
-        figure = validation_figure(table, self.kind, self.class_names)
-        figure.savefig(Path(self.s.checkpoint_dir) / f'validation-epoch-{epoch}.png', dpi=100)
-
     def _save_resume(self, state):
         payload = {
             'model': _cpu_state(self.model), 'optimizer': self.optimizer.state_dict(),
