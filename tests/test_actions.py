@@ -671,6 +671,7 @@ def test_an_interrupted_fit_resumes_to_the_same_model(tmp_path, monkeypatch):
     assert state_equal(resumed.state_dict, whole.state_dict)
     assert resumed.config['best_epoch'] == whole.config['best_epoch']
     pd.testing.assert_frame_equal(resumed.history, whole.history)
+    pd.testing.assert_frame_equal(resumed.validation, whole.validation)   # via finished.pt
 
 
 def test_a_checkpoint_dir_of_another_run_is_refused_naming_the_differences(tmp_path):

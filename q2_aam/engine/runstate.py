@@ -88,12 +88,11 @@ def resume_point(folder):
 
 def save_finished(folder, result):
     """A finished member's result, as plain tensors, lists and strings."""
+    from .trainer import table_payload
     payload = {
         'state_dict': result.state_dict,
         'history': result.history.to_dict(orient='list'),
-        'validation': result.validation.reset_index().astype(object).where(
-            result.validation.reset_index().notna(), None).to_dict(orient='list'),
-        'validation_index': result.validation.index.name or 'sample-id',
+        **table_payload(result.validation),
         'best_epoch': int(result.best_epoch), 'epochs_run': int(result.epochs_run),
         'target_mean': result.target_mean, 'target_std': result.target_std,
         'tensorboard': {k: torch.frombuffer(bytearray(v), dtype=torch.uint8)
@@ -108,14 +107,14 @@ def save_finished(folder, result):
 
 def load_finished(folder):
     """The result save_finished wrote, or None."""
-    from .trainer import TrainResult
+    from .trainer import TrainResult, table_from_payload
     path = Path(folder) / FINISHED
     if not path.is_file():
         return None
     p = torch.load(path, map_location='cpu', weights_only=True)
-    validation = pd.DataFrame(p['validation']).set_index(p['validation_index'])
     return TrainResult(
-        state_dict=p['state_dict'], history=pd.DataFrame(p['history']), validation=validation,
+        state_dict=p['state_dict'], history=pd.DataFrame(p['history']),
+        validation=table_from_payload(p),
         best_epoch=p['best_epoch'], epochs_run=p['epochs_run'], target_mean=p['target_mean'],
         target_std=p['target_std'],
         tensorboard={k: bytes(v.numpy().tobytes()) for k, v in p['tensorboard'].items()},

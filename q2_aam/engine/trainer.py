@@ -501,10 +501,7 @@ class Trainer:
             'epoch': state['epoch'], 'best_loss': state['best_loss'],
             'best_epoch': state['best_epoch'], 'waited': state['waited'],
             'best_state': state['best_state'], 'history': state['history'],
-            'validation': (None if state['validation'] is None else
-                           state['validation'].reset_index().to_dict(orient='list')),
-            'validation_index': (None if state['validation'] is None else
-                                 state['validation'].index.name),
+            **table_payload(state['validation']),
         }
         _atomic_save(payload, Path(self.s.checkpoint_dir) / 'last_checkpoint.pt')
 
@@ -514,10 +511,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload['optimizer'])
         self.scheduler.load_state_dict(payload['scheduler'])
         torch.set_rng_state(payload['torch_rng'])
-        validation = None
-        if payload['validation'] is not None:
-            validation = pd.DataFrame(payload['validation']).set_index(
-                payload['validation_index'])
+        validation = table_from_payload(payload)
         return {'epoch': payload['epoch'], 'best_loss': payload['best_loss'],
                 'best_epoch': payload['best_epoch'], 'waited': payload['waited'],
                 'history': payload['history'], 'best_state': payload['best_state'],
@@ -572,6 +566,21 @@ class _terminate_as_interrupt:
             import signal
             signal.signal(signal.SIGTERM, self.previous)
         return False
+
+
+def table_payload(table):
+    """A validation table as plain lists, for files read back with weights_only=True."""
+    if table is None:
+        return {'validation': None, 'validation_index': None}
+    return {'validation': table.reset_index().to_dict(orient='list'),
+            'validation_index': table.index.name or 'sample-id'}
+
+
+def table_from_payload(payload):
+    """The inverse of table_payload."""
+    if payload['validation'] is None:
+        return None
+    return pd.DataFrame(payload['validation']).set_index(payload['validation_index'])
 
 
 def train(model, data, train_rows, val_rows, settings, class_names=None, resume_from=None,
