@@ -67,13 +67,16 @@ def _under_galaxy():
 
 
 def _safe_folder(name, path):
-    """Under Galaxy a folder parameter may only name a folder inside the job's working
-    directory: a relative path that does not climb out. Elsewhere any path is the user's
-    own choice."""
-    if not path or not _under_galaxy():
+    """A folder parameter, checked before any work: it must not be a file, and under
+    Galaxy it may only name a folder inside the job's working directory (a relative path
+    that does not climb out). Elsewhere any path is the user's own choice."""
+    if not path:
         return path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f'{name} {path!r} is a file, not a folder. Give the path of a folder '
+                         f'(it is created if missing), or leave {name} empty.')
     parts = os.path.normpath(path).split(os.sep)
-    if os.path.isabs(path) or parts[0] == '..':
+    if _under_galaxy() and (os.path.isabs(path) or parts[0] == '..'):
         raise ValueError(f'Under Galaxy, {name} must be a folder inside the job\'s working '
                          f'directory (a relative path), not {path!r}: the job must not write '
                          'elsewhere on the server. Leave it empty; the logs are in the '
@@ -86,10 +89,6 @@ def _run_folder(tensorboard_dir):
     artifact holds this run's event files and nothing else that lives in that folder."""
     if not tensorboard_dir:
         return None
-    if os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
-        raise ValueError(f'tensorboard_dir {tensorboard_dir!r} is a file, not a folder. Give '
-                         'the path of a folder (it is created if missing), or leave '
-                         'tensorboard_dir empty: the logs are in the model artifact anyway.')
     os.makedirs(tensorboard_dir, exist_ok=True)
     import tempfile
     import time
@@ -125,11 +124,11 @@ def _check_size(arch, max_bp, members=1):
         cfg = AAMConfig(max_bp=max_bp, **arch)
     except ValueError as e:
         raise ValueError(f'These model settings do not describe a model: {e}') from None
-    total = parameter_count(cfg) * members
-    if total > checkpoint.MAX_PARAMETERS:
+    each = parameter_count(cfg)
+    if each * members > checkpoint.MAX_PARAMETERS:
         raise ValueError(
-            f'These settings ask for {members} model(s) of {parameter_count(cfg):,} parameters, '
-            f'{total:,} in all, more than the {checkpoint.MAX_PARAMETERS:,} q2-aam trains. '
+            f'These settings ask for {members} model(s) of {each:,} parameters, '
+            f'{each * members:,} in all, more than the {checkpoint.MAX_PARAMETERS:,} q2-aam trains. '
             'Lower embedding_dim, attention_layers, nucleotide_layers or ensemble_size.')
 
 

@@ -298,6 +298,9 @@ def test_tensorboard_dir_that_is_a_file_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"tensorboard_dir '.*a-file' is a file, not a folder"):
         fit(table=table(), sequences=rep_seqs(), metadata=days(),
             **{**TINY, **SINGLE, 'tensorboard_dir': str(path)})
+    with pytest.raises(ValueError, match=r"checkpoint_dir '.*a-file' is a file, not a folder"):
+        fit(table=table(), sequences=rep_seqs(), metadata=days(),
+            **{**TINY, **SINGLE, 'checkpoint_dir': str(path)})
 
 
 def test_rarefy_depth_thins_training_reads_and_is_recorded():
