@@ -171,15 +171,12 @@ def read_config(directory):
     if model_config.task != config['task']:
         raise ModelFileError(f"config.json says task {config['task']!r} but its model "
                              f'settings say {model_config.task!r}.')
-    for name in ('max_asvs', 'max_bp'):
-        value = config[name]
+    size = config.get('ensemble_size', 1)
+    for name, value in (('max_asvs', config['max_asvs']), ('max_bp', config['max_bp']),
+                        ('ensemble_size', size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ModelFileError(f'config.json: {name} must be a whole number of at least 1, '
                                  f'not {value!r}.')
-    size = config.get('ensemble_size', 1)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ModelFileError(f'config.json: ensemble_size must be a whole number of at least '
-                             f'1, not {size!r}.')
     parameters = parameter_count(model_config)
     if parameters * size > MAX_PARAMETERS:
         raise ModelFileError(
