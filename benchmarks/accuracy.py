@@ -357,6 +357,26 @@ def _epoch_logger(tag):
     return log
 
 
+def architecture(v):
+    """A q2-aam variant's model settings (AAMConfig fields)."""
+    return dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
+                attention_layers=v.attention_layers, dropout=v.dropout,
+                nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size)
+
+
+def pretrain_encoder(v, data, fit_rows, val_rows, seed, epochs, on_epoch_end=None):
+    """An encoder of the variant's architecture pretrained on ``data``'s distances, with
+    the variant's pretraining settings; returns the TrainResult."""
+    import torch
+    from q2_aam.engine.model import AAM, AAMConfig
+    from q2_aam.engine.trainer import train
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    enc = AAM(AAMConfig(task='encoder', n_outputs=0, **architecture(v)))
+    return train(enc, data, fit_rows, val_rows,
+                 _settings(v, seed, epochs, v.pretrain_lr, True), on_epoch_end=on_epoch_end)
+
+
 def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=None):
     """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions.
     ``encoder``: a pretrained encoder's state to fit from instead (label_scarce.py
@@ -380,9 +400,7 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
                               v.unifrac_weight > 0, with_targets=True)
     test_data = _subset_data(ds, test_rows, v.max_asvs)
     outputs, seen, seconds, info = [], 0, 0.0, {}
-    arch = dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
-                attention_layers=v.attention_layers, dropout=v.dropout,
-                nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size)
+    arch = architecture(v)
     encoder_state = encoder
     # one encoder per fold, shared by the ensemble's members, as `fit --i-pretrained` shares it
     key = (ds.name, fold, quick, tuple(sorted(arch.items())), v.max_asvs,
@@ -393,12 +411,9 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
     elif v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
         encoder_state = _PRETRAINED[key]
     elif v.pretrain:
-        torch.manual_seed(1000 * fold)
-        np.random.seed(1000 * fold)
-        enc = AAM(AAMConfig(task='encoder', n_outputs=0, **arch))
-        r = train(enc, train_data, *split(0, 0.2),     # pretrain's validation_size
-                  _settings(v, 1000 * fold, pre_epochs, v.pretrain_lr, True),
-                  on_epoch_end=_epoch_logger('pretrain'))
+        r = pretrain_encoder(v, train_data, *split(0, 0.2),     # pretrain's validation_size
+                             seed=1000 * fold, epochs=pre_epochs,
+                             on_epoch_end=_epoch_logger('pretrain'))
         encoder_state = _PRETRAINED[key] = r.state_dict
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds

@@ -49,21 +49,11 @@ def labelled_subset(ds, train_rows, fraction, seed):
 
 def pretrain_on_all(ds, v, fold, epochs):
     """An encoder pretrained on every sample's UniFrac (20 % held out for early stopping)."""
-    import torch
     from q2_aam.engine.data import split_samples
-    from q2_aam.engine.model import AAM, AAMConfig
-    from q2_aam.engine.trainer import train
     rows = np.arange(len(ds.y))
     data = A._subset_data(ds, rows, v.max_asvs, with_distances=True)
-    torch.manual_seed(1000 * fold)
-    np.random.seed(1000 * fold)
-    enc = AAM(AAMConfig(task='encoder', n_outputs=0, embedding_dim=v.embedding_dim,
-                        attention_heads=v.attention_heads, attention_layers=v.attention_layers,
-                        nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size,
-                        dropout=v.dropout))
-    fit_rows, val_rows = split_samples(len(rows), 0.2, seed=fold)
-    result = train(enc, data, fit_rows, val_rows,
-                   A._settings(v, 1000 * fold, epochs, v.pretrain_lr, True))
+    result = A.pretrain_encoder(v, data, *split_samples(len(rows), 0.2, seed=fold),
+                                seed=1000 * fold, epochs=epochs)
     return result.state_dict, result.best_epoch
 
 

@@ -58,22 +58,13 @@ def pooled_studies(keys):
 
 
 def pretrain_encoder(keys, v, epochs, seed=0):
-    import torch
     from q2_aam.engine.data import AmpliconData, split_samples
-    from q2_aam.engine.model import AAM, AAMConfig
-    from q2_aam.engine.trainer import train
     counts, ids, sequences, distances = pooled_studies(keys)
     data = AmpliconData(counts, ids, [f'seq{i}' for i in range(len(sequences))], sequences,
                         max_asvs=v.max_asvs, distances=distances)
-    torch.manual_seed(seed)
-    enc = AAM(AAMConfig(task='encoder', n_outputs=0, embedding_dim=v.embedding_dim,
-                        attention_heads=v.attention_heads, attention_layers=v.attention_layers,
-                        nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size,
-                        dropout=v.dropout))
-    fit_rows, val_rows = split_samples(len(ids), 0.2, seed=seed)
     t0 = time.perf_counter()
-    result = train(enc, data, fit_rows, val_rows, A._settings(v, seed, epochs, v.pretrain_lr,
-                                                               True))
+    result = A.pretrain_encoder(v, data, *split_samples(len(ids), 0.2, seed=seed), seed=seed,
+                                epochs=epochs)
     print(f'pretrained on {len(ids)} samples of {", ".join(keys)} ({len(sequences)} ASVs): '
           f'best epoch {result.best_epoch}/{epochs}, '
           f'{time.perf_counter() - t0:.0f} s', flush=True)
