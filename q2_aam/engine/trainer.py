@@ -388,7 +388,7 @@ class Trainer:
                 SummaryWriter(log_dir=os.path.join(tb_dir, 'val')) as val_writer:
             self.writers = {'train': writer, 'val': val_writer}
             self.global_step = 0
-            state, started, seen = self._epochs(writer, resume_from)
+            state, started, seen = self._epochs(resume_from)
         elapsed = time.perf_counter() - started
         if state['best_state'] is None:        # every epoch non-finite or no epoch run
             state['best_state'] = _cpu_state(self.model)
@@ -404,7 +404,7 @@ class Trainer:
             tensorboard=tensorboard, train_seconds=elapsed,
             train_samples_per_second=seen / elapsed if elapsed > 0 else float('nan'))
 
-    def _epochs(self, writer, resume_from):
+    def _epochs(self, resume_from):
         """The epoch loop; returns (final state, start time, samples seen)."""
         s = self.s
         state = {'epoch': 0, 'best_loss': math.inf, 'best_epoch': 0, 'waited': 0,
@@ -444,7 +444,7 @@ class Trainer:
                 state['waited'] += 1
             state['history'].append(record)
             state['epoch'] = epoch
-            self._log(writer, epoch, record, figure)
+            self._log(epoch, record, figure)
             if not s.quiet:
                 tqdm.write(_summary_line(record, s.epochs, improved), file=sys.stderr)
             if s.checkpoint_dir:
@@ -473,7 +473,8 @@ class Trainer:
         limit = self.s.max_grad_norm
         writer.add_scalar('step/clipped', float(bool(limit) and norm > limit), step)
 
-    def _log(self, writer, epoch, record, figure=None):
+    def _log(self, epoch, record, figure=None):
+        writer = self.writers['train']
         for key, value in record.items():
             if key == 'epoch' or value is None or not np.isfinite(value):
                 continue
