@@ -14,9 +14,10 @@ STAMP := $(VENV)/.q2-aam-setup-done
 CLI_CACHE := $(VENV)/.q2cli-cache-done
 TORCH := torch==2.13.0
 APT_PACKAGES := qiime q2cli q2-types q2-feature-table q2-diversity-lib \
-	q2-sample-classifier q2templates python3-matplotlib python3-venv python3-tqdm
+	q2-sample-classifier q2templates python3-matplotlib python3-venv python3-tqdm \
+	python3-sklearn
 # pip must never replace these Debian builds: their compiled parts must match.
-PINNED := numpy pandas scipy scikit-bio biom-format h5py
+PINNED := numpy pandas scipy scikit-learn scikit-bio biom-format h5py
 GALAXY_WHEEL := $(wildcard $(CURDIR)/../shared/wheels/q2galaxy-*.whl)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -73,7 +74,7 @@ $(STAMP): setup.py Makefile
 		echo "==> Creating the virtual environment .venv (it sees Debian's QIIME 2)"; \
 		$(SYS_PYTHON) -m venv --system-site-packages $(VENV); \
 	fi
-	@echo "==> Pinning Debian's numpy, pandas, scipy, scikit-bio, biom-format, h5py (.venv/constraints.txt)"
+	@echo "==> Pinning Debian's numpy, pandas, scipy, scikit-learn, scikit-bio, biom-format, h5py (.venv/constraints.txt)"
 	@$(VENV)/bin/python -c 'import importlib.metadata as m; \
 		[print(f"{n}=={m.version(n)}") for n in "$(PINNED)".split() if n in {d.metadata["Name"] for d in m.distributions()}]' \
 		> $(VENV)/constraints.txt

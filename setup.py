@@ -1,8 +1,8 @@
 """q2-aam: AAM (Attention All Microbes) as a QIIME 2 plugin.
 
-numpy, pandas, scikit-bio, biom-format and QIIME 2 itself are deliberately not
-listed: they come from conda or Debian, and pip must not replace their compiled
-parts. torch is installed by ``make setup`` (or by hand, see README.md).
+numpy, pandas, scipy, scikit-learn, scikit-bio, biom-format and QIIME 2 itself are
+deliberately not listed: they come with QIIME 2 (conda, or Debian's q2-sample-classifier
+brings scikit-learn), and pip must not replace their compiled parts. torch is installed by ``make setup`` (or by hand, see README.md).
 """
 from setuptools import find_packages, setup
 

@@ -254,6 +254,7 @@ class AAMVariant:
     calibrate: bool = False          # members cross-fitted on the training rows; classifiers:
                                      # a temperature and class biases fitted out of fold;
                                      # regressors: shrunk toward the mean out of fold
+    linear_weight: float = 0.0       # share of the linear half (run_linear) in a prediction
     extra: dict = field(default_factory=dict)   # other TrainSettings fields
 
 
@@ -268,7 +269,6 @@ class LinearVariant:
     """A penalised linear model on log relative abundance: context for how much signal a
     simple compositional transform already exposes (not a q2-sample-classifier default)."""
     description: str
-    pseudo_abundance: float = 1e-5
 
 
 # The plugin's defaults (q2_aam/_actions.py DEFAULTS): each ASV read as its k-mer profile
@@ -280,10 +280,10 @@ class LinearVariant:
 DEFAULT = dict(embedding_dim=32, attention_heads=4, attention_layers=1, max_asvs=128,
                batch_size=16, epochs=60, learning_rate=3e-3, patience=10, nuc_weight=0.0,
                max_grad_norm=1.0, pretrain_epochs=20, pretrain_lr=3e-3, ensemble=5,
-               rarefy=2000, validation=0.0, nucleotide_layers=0)
+               rarefy=2000, validation=0.0, nucleotide_layers=0, linear_weight=0.75)
 # Until 2026-11-30 fit read each ASV's bases with a one-layer transformer as well (and
 # dropped attention weights); every q2-aam figure before that date is this variant's.
-WITH_NUCLEOTIDES = {**DEFAULT, 'nucleotide_layers': 1}
+WITH_NUCLEOTIDES = {**DEFAULT, 'nucleotide_layers': 1, 'linear_weight': 0.0}
 # Tuned on sleep-apnea fold 0 for the model before the k-mer profile (see results.md,
 # "Levers"): pretraining on the training samples' UniFrac, then a head on the frozen encoder.
 TUNED_BEFORE_KMERS = dict(embedding_dim=32, attention_layers=1, max_asvs=64, batch_size=16,
@@ -296,12 +296,17 @@ VARIANTS = {
                              "its score comes from sequencing depth", relative=True),
     'linear': LinearVariant("ridge (regression) / logistic regression (classification) on "
                             "log(relative abundance + 1e-5), penalty by inner CV"),
-    'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining)",
+    'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining): 0.25 x the "
+                      "transformer ensemble + 0.75 x the linear half",
                       **{**DEFAULT, 'pretrain': False}),
+    'aam-transformer': AAMVariant("the defaults' transformer ensemble alone (linear_weight "
+                                  "0): q2-aam's default before 2026-11-30",
+                                  **{**DEFAULT, 'pretrain': False, 'linear_weight': 0.0}),
     'aam-shrink': AAMVariant("the defaults with calibrate: members cross-fitted; a regressor "
                              "shrinks toward the mean as far as out-of-fold predictions "
                              "support, a classifier gets a temperature and class biases",
-                             **{**DEFAULT, 'pretrain': False, 'calibrate': True}),
+                             **{**DEFAULT, 'pretrain': False, 'calibrate': True,
+                                'linear_weight': 0.0}),
     'aam-nucleotides': AAMVariant("the defaults before 2026-11-30: each ASV also read by a "
                                   "one-layer nucleotide transformer (5x the training time)",
                                   **{**WITH_NUCLEOTIDES, 'pretrain': False}),
@@ -478,8 +483,12 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
     # the ensembles of the first 1, 2, ... members, scored by evaluate(): one run gives the
     # whole ensemble-size curve, since member m is the same model in every ensemble size
     info['first_members'] = [np.mean(outputs[:m], axis=0) for m in range(1, len(outputs) + 1)]
+    if v.linear_weight:      # fit's linear half, averaged in as predict does
+        half, _ = run_linear(None, ds, train_rows, test_rows)
+        info['first_members'] = [(1 - v.linear_weight) * p + v.linear_weight * half
+                                 for p in info['first_members']]
     info['train_samples_per_second'] = seen / seconds if seconds else float('nan')
-    return np.mean(outputs, axis=0), info
+    return info['first_members'][-1], info
 
 
 def _fit_and_predict(est, X, ds, train_rows, test_rows):
@@ -510,17 +519,18 @@ def run_rf(v, ds, train_rows, test_rows, fold):
 
 
 def run_linear(v, ds, train_rows, test_rows):
-    """RidgeCV / LogisticRegressionCV on log relative abundance; the penalty is chosen by
-    cross-validation inside the training rows only."""
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-    X = ds.counts.toarray()
-    X = np.log(X / X.sum(1, keepdims=True) + v.pseudo_abundance)
-    if ds.task == 'regression':
-        est = RidgeCV(alphas=np.logspace(-3, 5, 30))
-    else:
-        n_cv = int(min(5, np.bincount(ds.y[train_rows]).min()))
-        est = LogisticRegressionCV(Cs=10, cv=max(2, n_cv), max_iter=5000)
-    return _fit_and_predict(est, X, ds, train_rows, test_rows)
+    """The linear half of q2-aam's fitted model (q2_aam/engine/linear.py): RidgeCV /
+    LogisticRegressionCV on log relative abundance, the penalty chosen by cross-validation
+    inside the training rows only."""
+    from q2_aam.engine.linear import fit_linear, linear_outputs
+    t0 = time.perf_counter()
+    model = fit_linear(ds.counts[train_rows], list(ds.sequences), ds.y[train_rows], ds.task,
+                       None if ds.task == 'regression' else len(ds.classes))
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred, _ = linear_outputs(model, ds.counts[test_rows], list(ds.sequences))
+    return pred, {'predict_seconds': time.perf_counter() - t0,
+                  'train_samples_per_second': len(train_rows) / seconds}
 
 
 # -- metrics and memory ------------------------------------------------------------------

@@ -71,7 +71,7 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     fractions = [float(f) for f in args.fractions.split(',')]
-    base = A.VARIANTS['aam']
+    base = A.VARIANTS['aam-transformer']   # pretraining concerns the transformers
     pre_epochs = max(2, args.pretrain_epochs // 5) if args.quick else args.pretrain_epochs
     table = []
     for key in args.datasets.split(','):

@@ -81,7 +81,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    base = A.VARIANTS['aam']
+    base = A.VARIANTS['aam-transformer']   # pretraining concerns the transformers
     encoders = {}
     for row in args.rows.split(','):
         folder = A.DATASETS[row][0]

@@ -52,6 +52,7 @@ class AAMModelDirFmt(model.DirectoryFormat):
     weights = model.File('model.pt', format=AAMWeightsFormat)
     history = model.File('history.tsv', format=AAMTableFormat)
     validation = model.File('validation.tsv', format=AAMTableFormat)
+    linear = model.File('linear.tsv', format=AAMTableFormat, optional=True)
     tensorboard = model.FileCollection(r'tensorboard/.+', format=TensorBoardEventsFormat,
                                        optional=True)
 

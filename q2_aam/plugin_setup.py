@@ -97,6 +97,7 @@ fitting = {
     'ensemble_size': _upto(1, 20),
     'rarefy_depth': _upto(0, 10 ** 9),
     'calibrate': Bool,
+    'linear_weight': _upto(0.0, 1.0, Float),
 }
 prediction = {
     'batch_size': _upto(1, 100_000),
@@ -190,6 +191,15 @@ descriptions = {
                  'shows a confusion matrix of samples each member did not fit. Off by '
                  'default: each member fits fewer samples, which cost accuracy on '
                  'moving-pictures (benchmarks/results.md). Regressors are not calibrated.',
+    'linear_weight': 'Share of each prediction that comes from a penalised linear model on '
+                     'log relative abundance (ridge regression for a number, logistic '
+                     'regression for a class; the penalty chosen by cross-validation inside '
+                     'the training samples), fitted alongside the transformers and stored in '
+                     'the model (linear.tsv: one coefficient per ASV sequence). The rest comes '
+                     'from the transformer ensemble; 0 = the transformers alone, 1 = the '
+                     'linear model alone. The default was chosen leave-one-study-out over '
+                     'six studies: with the transformers alone q2-aam was behind the random '
+                     'forest on two regression targets (benchmarks/results.md).',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }
@@ -279,7 +289,9 @@ plugin.methods.register_function(
     description='Trains the model to predict a metadata column from each sample\'s ASV '
                 'sequences and abundances, optionally starting from a pretrained encoder. '
                 'By default every sample trains for every epoch; with validation_size '
-                'above 0 the held-out samples choose the epoch whose weights are kept.',
+                'above 0 the held-out samples choose the epoch whose weights are kept. '
+                'Each prediction is the weighted average of the transformer ensemble\'s '
+                'and a penalised linear model\'s (linear_weight).',
     citations=ENGINE_CITATIONS,
     examples={'fit_classifier': _examples.fit},
 )

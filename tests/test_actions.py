@@ -359,11 +359,12 @@ def test_ensemble_announces_its_split_once_and_each_member(capsys):
 
 
 def _member_artifact(ensemble, member):
-    """One member of an ensemble artifact as a single-model artifact of its own."""
+    """One member of an ensemble artifact as a single-model artifact of its own (with the
+    ensemble's linear half: the mean of the members' blends is the ensemble's blend)."""
     saved = ensemble.view(SavedModel)
     config = {**saved.config, 'ensemble_size': 1, 'best_epoch': saved.config['best_epoch'][member],
               'epochs_run': saved.config['epochs_run'][member]}
-    single = SavedModel(config, saved.member_states()[member])
+    single = SavedModel(config, saved.member_states()[member], linear=saved.linear)
     return qiime2.Artifact.import_data(str(ensemble.type), single)
 
 
@@ -431,8 +432,10 @@ def test_ensemble_validation_of_a_classifier_averages_probabilities():
 
 @pytest.fixture(scope='module')
 def calibrated():
-    """Three members and no validation split: each member fits two of three folds."""
-    return _fit(body_site(), ensemble_size=3, validation_size=0.0, calibrate=True)
+    """Three members and no validation split: each member fits two of three folds. No
+    linear half: calibration concerns the transformers' outputs alone."""
+    return _fit(body_site(), ensemble_size=3, validation_size=0.0, calibrate=True,
+                linear_weight=0.0)
 
 
 def _probabilities(model, table, seqs):
@@ -744,3 +747,90 @@ def test_pretrain_continues_an_encoder():
     assert more.config['model'] == base.view(SavedModel).config['model']
     start = base.view(SavedModel).state_dict
     assert all(torch.allclose(more.state_dict[k], start[k], atol=1e-6) for k in start)
+
+
+# -- the linear half -----------------------------------------------------------------------
+
+def _transformer_only(model):
+    """The same fitted model without its linear half."""
+    saved = model.view(SavedModel)
+    config = {**saved.config, 'linear': None}
+    return qiime2.Artifact.import_data(str(model.type), SavedModel(config, saved.state_dict))
+
+
+def _linear_alone(model, test_table, test_seqs):
+    from q2_aam._inputs import sequences_for, table_parts
+    from q2_aam.engine.linear import linear_outputs
+    counts, ids, features = table_parts(test_table.view(biom_table().__class__))
+    out, _ = linear_outputs(model.view(SavedModel).linear, counts,
+                            sequences_for(features, test_seqs.view(pd.Series)))
+    return ids, out
+
+
+def test_a_fitted_regressor_averages_its_transformers_and_its_linear_half(capsys):
+    model = regressor()
+    saved = model.view(SavedModel)
+    train_table, train_seqs, test_table, test_seqs = split()
+    assert saved.config['linear']['weight'] == 0.75 == saved.config['training']['linear_weight']
+    used = train_table.view(pd.DataFrame)
+    # the linear half fits the training rows, not the transformers' validation samples
+    used = used.loc[days().to_series().reindex(used.index).notna()]
+    used = used.drop(index=saved.validation.index)
+    seqs = train_seqs.view(pd.Series)
+    expected = {str(seqs[f]) for f in used.columns[(used > 0).any()]}
+    assert set(saved.linear.sequences) == expected
+    got = _predictions(model)
+    transformer = _predictions(_transformer_only(model))
+    ids, half = _linear_alone(model, test_table, test_seqs)
+    blend = 0.25 * transformer.loc[ids].to_numpy() + 0.75 * half
+    np.testing.assert_allclose(got.loc[ids].to_numpy(), blend, rtol=1e-6)
+    assert not np.allclose(got.loc[ids], transformer.loc[ids], rtol=1e-3)
+
+
+def test_a_fitted_classifier_averages_probabilities_with_its_linear_half():
+    model = _fit(body_site())
+    _, _, test_table, test_seqs = split()
+    got = _probabilities(model, test_table, test_seqs)
+    transformer = _probabilities(_transformer_only(model), test_table, test_seqs)
+    ids, half = _linear_alone(model, test_table, test_seqs)
+    np.testing.assert_allclose(got.loc[ids].to_numpy(),
+                               0.25 * transformer.loc[ids].to_numpy() + 0.75 * half, rtol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+    calls = _predictions(model)
+    assert (calls == got.idxmax(axis=1)).all()
+
+
+def test_linear_weight_zero_and_one():
+    _, _, test_table, test_seqs = split()
+    without = _fit(days(), linear_weight=0.0)
+    saved = without.view(SavedModel)
+    assert saved.linear is None and saved.config['linear'] is None
+    alone = _fit(days(), linear_weight=1.0)
+    ids, half = _linear_alone(alone, test_table, test_seqs)
+    np.testing.assert_allclose(_predictions(alone).loc[ids].to_numpy(), half, rtol=1e-9)
+    with pytest.raises(TypeError, match='linear_weight'):
+        _fit(days(), linear_weight=1.5)
+
+
+def test_a_continued_model_keeps_its_linear_half(capsys):
+    previous = _fit(days())
+    continued = fit(table=table(), sequences=rep_seqs(), metadata=days(),
+                    continue_from=previous, **{**TINY_TRAIN, **SINGLE, 'linear_weight': 0.2}
+                    ).model.view(SavedModel)
+    before = previous.view(SavedModel)
+    assert continued.linear.sequences == before.linear.sequences
+    np.testing.assert_array_equal(continued.linear.coef, before.linear.coef)
+    assert continued.config['linear']['weight'] == 0.75
+    assert ('q2-aam: the linear half of the model continued is kept as it was (weight 0.75); '
+            'a new fit refits it.') in capsys.readouterr().out
+
+
+def test_samples_that_share_no_asv_with_the_training_samples_are_named(tmp_path):
+    renamed = sequences_series().copy()
+    renamed[:] = [s[::-1] for s in renamed]          # every ASV a sequence never seen
+    _, _, test_table, _ = split()
+    seqs = qiime2.Artifact.import_data('FeatureData[Sequence]', renamed)
+    n = test_table.view(pd.DataFrame).shape[0]
+    with pytest.warns(UserWarning, match=f'{n} of {n} samples share no ASV \\(by sequence\\) '
+                                         'with the samples the model was fitted on'):
+        predict(model=regressor(), table=test_table, sequences=seqs)

@@ -494,3 +494,71 @@ def test_run_aam_shrinks_a_regressor_out_of_fold(accuracy):
     # predictions are pulled into the training targets' range
     y = ds.y[:18]
     assert pred.min() >= y.min() and pred.max() <= y.max()
+
+
+def test_run_aam_averages_its_transformers_with_the_linear_half(accuracy):
+    """accuracy.py's aam variant predicts as fit's model does: (1 - w) x the transformer
+    ensemble + w x the linear half, and w = 0 is the transformers alone."""
+    ds = toy_amplicons(accuracy)
+    v = accuracy.AAMVariant('tiny', embedding_dim=16, attention_heads=2, attention_layers=1,
+                            max_asvs=16, batch_size=8, pretrain=False, epochs=2, ensemble=2,
+                            validation=0.0, nuc_weight=0.0)
+    train, test = np.arange(18), np.arange(18, 24)
+    alone, _ = accuracy.run_aam(v, ds, train, test, fold=0)
+    half, _ = accuracy.run_linear(None, ds, train, test)
+    blended, info = accuracy.run_aam(accuracy.replace(v, linear_weight=0.75), ds, train, test,
+                                     fold=0)
+    np.testing.assert_allclose(blended, 0.25 * alone + 0.75 * half, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-6)
+    assert accuracy.VARIANTS['aam'].linear_weight == 0.75
+    assert accuracy.VARIANTS['aam-transformer'].linear_weight == 0.0
+
+
+@pytest.fixture(scope='module')
+def blend_script():
+    import sys
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location('blend_benchmark', SCRIPT.parent / 'blend.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blend_averages_probabilities_and_calls_their_argmax(accuracy, blend_script, tmp_path):
+    import pandas as pd
+    path = tmp_path / 'p.tsv'
+    a = np.eye(4)[[0, 1, 2, 3]] * 0.6 + 0.1
+    b = np.eye(4)[[1, 1, 3, 3]] * 0.9 + 0.025
+    write_split(accuracy, path, 'A', 0, 0, a)
+    write_split(accuracy, path, 'B', 0, 0, b)
+    df = pd.read_csv(path, sep='\t', dtype={'sample_id': str})
+    out = blend_script.blend(df, 'AB', 'A', 'B', 0.75)
+    probs = out[[c for c in out.columns if c.startswith('p(')]].to_numpy()
+    np.testing.assert_allclose(probs, 0.25 * a + 0.75 * b)
+    assert list(out.prediction) == ['b', 'b', 'd', 'd'] and set(out.model) == {'AB'}
+    with pytest.raises(SystemExit, match="no predictions of 'C' here"):
+        blend_script.blend(df, 'AC', 'A', 'C', 0.5)
+    # written in place twice: the second run replaces the first's rows
+    for _ in range(2):
+        blend_script.main([str(path), '--new', 'AB', '--a', 'A', '--b', 'B', '--weight', '0.5',
+                           '--in-place'])
+    again = pd.read_csv(path, sep='\t')
+    assert (again.model == 'AB').sum() == 4 and len(again) == 12
+
+
+def test_loso_weight_reports_each_study_at_the_weight_the_others_chose(blend_script):
+    import pandas as pd
+    spec = importlib.util.spec_from_file_location('loso_benchmark',
+                                                  SCRIPT.parent / 'loso_weight.py')
+    loso = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loso)
+    diffs = pd.DataFrame({0.0: [0.3, 0.0, 0.0], 0.5: [0.0, 0.1, 0.1], 1.0: [0.0, 0.2, -0.5]},
+                         index=['hiv-age', 'hiv-orientation', 'sleep-apnea'])
+    table = loso.leave_one_study_out(diffs).set_index('row')
+    # hiv's two rows are one study: both are judged at the weight sleep-apnea favours (0.5)
+    assert table.loc['hiv-age', 'weight chosen without it'] == 0.5
+    assert table.loc['hiv-age', 'Δ at that weight'] == 0.0
+    assert table.loc['hiv-age', 'its own best weight'] == 0.0
+    assert table.loc['hiv-orientation', 'weight chosen without it'] == 0.5
+    # sleep-apnea at the weight hiv's rows favour on average (0.15 at 0 and 1, 0.05 at 0.5)
+    assert table.loc['sleep-apnea', 'weight chosen without it'] == 0.0

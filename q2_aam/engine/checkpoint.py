@@ -1,4 +1,5 @@
-"""A trained model on disk: config.json + model.pt + history.tsv + validation.tsv + tensorboard/.
+"""A trained model on disk: config.json + model.pt + history.tsv + validation.tsv + tensorboard/,
+and linear.tsv when the model has a linear half (engine/linear.py).
 
 ``SavedModel`` is the one in-memory object the QIIME 2 artifact converts to and from.
 Loading never unpickles code: ``model.pt`` is read with ``torch.load(weights_only=True)``
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .linear import LinearModel
 from .model import AAM, AAMConfig, parameter_count
 from .tokens import VOCAB
 
@@ -21,6 +23,7 @@ FORMAT_VERSION = 1
 MAX_PARAMETERS = 10 ** 9
 FILES = ('config.json', 'model.pt', 'history.tsv', 'validation.tsv')
 TENSORBOARD_DIR = 'tensorboard'
+LINEAR_FILE = 'linear.tsv'
 
 
 class ModelFileError(ValueError):
@@ -33,8 +36,9 @@ class SavedModel:
 
     ``config`` is the content of config.json: ``model`` (the AAMConfig as a dict),
     ``task``, ``labels`` (classifier), ``target_mean``/``target_std`` (regressor),
-    ``max_asvs``, ``max_bp``, ``vocabulary``, ``training`` (the settings used) and
-    ``versions``.
+    ``max_asvs``, ``max_bp``, ``vocabulary``, ``training`` (the settings used),
+    ``versions`` and ``linear`` (the linear half's weight, penalty and intercept, or None).
+    ``linear`` holds that half's coefficients, one row per sequence (linear.tsv).
     """
     config: dict
     state_dict: dict
@@ -42,6 +46,7 @@ class SavedModel:
     validation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {'truth': [], 'prediction': []}, index=pd.Index([], name='sample-id')))
     tensorboard: dict = field(default_factory=dict)   # relative path -> bytes
+    linear: LinearModel = None
 
     @property
     def task(self):
@@ -138,6 +143,8 @@ def save(saved: SavedModel, directory):
     validation = saved.validation.copy()
     validation.index.name = 'sample-id'
     validation.to_csv(directory / 'validation.tsv', sep='\t')
+    if saved.linear is not None:
+        write_linear(saved.linear, saved.config, directory / LINEAR_FILE)
     tb = directory / TENSORBOARD_DIR
     tb.mkdir(exist_ok=True)
     for relative, content in saved.tensorboard.items():
@@ -200,6 +207,7 @@ def read_config(directory):
     if config['task'] == 'regression':
         _check_target_scale(config.get('target_mean'), config.get('target_std'))
     _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)
+    _check_linear_config(config.get('linear'), config['task'])
     return config
 
 
@@ -233,6 +241,92 @@ def _check_calibration(calibration, task, n_outputs):
         raise ModelFileError(f'config.json: calibration needs a positive temperature and '
                              f'{n_outputs} finite biases (one per class); found temperature '
                              f'{temperature} and {len(bias)} biases.')
+
+
+def linear_config(linear, weight):
+    """config.json's record of a linear half: its share of each prediction and the
+    numbers that are not per sequence (linear.tsv holds those)."""
+    from .linear import PSEUDO_ABUNDANCE
+    return {'weight': float(weight), 'features': len(linear.sequences),
+            'penalty': linear.penalty if math.isfinite(linear.penalty) else None,
+            'intercept': [float(b) for b in linear.intercept],
+            'pseudo_abundance': PSEUDO_ABUNDANCE}
+
+
+def _output_names(config):
+    return ['coefficient'] if config['task'] == 'regression' else list(config['labels'])
+
+
+def write_linear(linear, config, path):
+    table = pd.DataFrame(linear.coef, columns=_output_names(config),
+                         index=pd.Index(linear.sequences, name='sequence'))
+    table.to_csv(path, sep='\t', float_format='%.17g')
+
+
+def _check_linear_config(linear, task):
+    """config.json's ``linear``: a weight in [0, 1], finite intercepts, a feature count."""
+    if linear is None:
+        return
+    if task not in ('regression', 'classification'):
+        raise ModelFileError(f'config.json: only a regressor or classifier has a linear half, '
+                             f'but this {task!r} model has one.')
+    try:
+        weight, features = float(linear['weight']), linear['features']
+        intercept = [float(b) for b in linear['intercept']]
+        pseudo = float(linear['pseudo_abundance'])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError('config.json: linear needs a number "weight", a whole number '
+                             '"features", a list of numbers "intercept" and a number '
+                             f'"pseudo_abundance"; found {linear!r}.') from None
+    if not 0 <= weight <= 1:
+        raise ModelFileError(f'config.json: linear weight must be between 0 and 1, not {weight}.')
+    if not isinstance(features, int) or isinstance(features, bool) or features < 0:
+        raise ModelFileError(f'config.json: linear features must be a whole number, not '
+                             f'{features!r}.')
+    if not all(math.isfinite(b) for b in intercept) or not (math.isfinite(pseudo) and
+                                                           pseudo > 0):
+        raise ModelFileError('config.json: the linear half\'s intercept and pseudo_abundance '
+                             f'must be finite (and pseudo_abundance above 0); found {linear!r}.')
+
+
+def read_linear(directory, config):
+    """linear.tsv back as a LinearModel, checked against config.json: one row per sequence,
+    one finite coefficient per output."""
+    import numpy as np
+    meta = config.get('linear')
+    path = Path(directory) / LINEAR_FILE
+    if meta is None:
+        if path.exists():
+            raise ModelFileError(f'{LINEAR_FILE} is present, but config.json describes no '
+                                 'linear half to use it; the model folder is inconsistent.')
+        return None
+    if not path.is_file():
+        raise ModelFileError(f'config.json describes a linear half, but {LINEAR_FILE} is '
+                             'missing; the model folder is damaged: train the model again.')
+    table = _read_tsv(path, index_col=0)
+    names = _output_names(config)
+    if [str(c) for c in table.columns] != names or table.index.name != 'sequence':
+        raise ModelFileError(f'{LINEAR_FILE} must have the columns sequence, '
+                             f'{", ".join(names)}; found {table.index.name}, '
+                             f'{", ".join(map(str, table.columns))}.')
+    if len(table) != meta['features'] or len(meta['intercept']) != len(names):
+        raise ModelFileError(f'{LINEAR_FILE} holds {len(table)} sequences and config.json '
+                             f'{len(meta["intercept"])} intercepts, but config.json says '
+                             f'{meta["features"]} sequences and {len(names)} outputs.')
+    sequences = [str(s) for s in table.index]
+    if table.index.hasnans or len(set(sequences)) != len(sequences):
+        raise ModelFileError(f'{LINEAR_FILE}: every row needs its own sequence; some are empty '
+                             'or repeated.')
+    try:
+        coef = table.to_numpy(np.float64)
+    except (TypeError, ValueError):
+        coef = np.array([np.nan])
+    if not np.isfinite(coef).all():
+        raise ModelFileError(f'{LINEAR_FILE}: every coefficient must be a finite number.')
+    penalty = meta.get('penalty')
+    return LinearModel(config['task'], sequences, coef.reshape(len(table), len(names)),
+                       np.asarray(meta['intercept'], np.float64),
+                       float('nan') if penalty is None else float(penalty))
 
 
 def read_state_dict(path):
@@ -269,8 +363,9 @@ def check_weights(config, state):
 
 
 def _read_tsv(path, index_col=None):
-    try:
-        return pd.read_csv(path, sep='\t', index_col=index_col, encoding='utf-8')
+    try:   # round_trip: the 17 digits written read back as the same float64
+        return pd.read_csv(path, sep='\t', index_col=index_col, encoding='utf-8',
+                           float_precision='round_trip')
     except pd.errors.EmptyDataError:
         raise ModelFileError(f'{Path(path).name} is empty; it needs at least a header line.') \
             from None
@@ -290,6 +385,7 @@ def validate(directory, check_weights_too=True):
     config = read_config(directory)
     for name in ('history.tsv', 'validation.tsv'):
         _read_tsv(directory / name)
+    read_linear(directory, config)
     if check_weights_too:
         check_weights(config, read_state_dict(directory / 'model.pt'))
     return config
@@ -307,5 +403,6 @@ def load(directory):
     tb = directory / TENSORBOARD_DIR
     tensorboard = ({p.relative_to(tb).as_posix(): p.read_bytes()
                     for p in sorted(tb.rglob('*')) if p.is_file()} if tb.is_dir() else {})
-    return SavedModel(config, state, history, validation, tensorboard)
+    return SavedModel(config, state, history, validation, tensorboard,
+                      linear=read_linear(directory, config))
 
