@@ -527,7 +527,19 @@ def _fit_member(cfg, pretrained, data, rows, settings, p, member, class_names, s
     return _train_member(model, data, rows, settings, p, member, class_names=class_names)
 
 
+def _check_declared_task(model: SavedModel):
+    """An artifact typed as one task that holds another was edited by hand: QIIME 2 would
+    type the predictions by the artifact's type, so nothing may be predicted."""
+    if model.declared_task not in (None, model.task):
+        raise ValueError(
+            f'This model artifact is typed as a {model.declared_task} model, but its '
+            f'config.json holds a {model.task} model: its metadata.yaml was changed by hand. '
+            f'Nothing was predicted. Export it (qiime tools export) and import it again with '
+            f'the type of its task, or use the artifact fit wrote.')
+
+
 def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, threads):
+    _check_declared_task(model)
     if model.task == 'encoder':
         raise ValueError('This model is a pretrained encoder: it predicts no metadata. Fit '
                          'a regressor or classifier from it with `qiime aam fit`, then '
@@ -595,6 +607,7 @@ def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_si
 def predict_probabilities(model: SavedModel, table: biom.Table, sequences: pd.Series,
                           batch_size: int = 64, device: str = 'auto',
                           threads: int = 0) -> pd.DataFrame:
+    _check_declared_task(model)
     if model.task == 'regression':
         raise ValueError('This model is a regressor: it has no class probabilities. Use '
                          '`qiime aam predict` for its predictions.')

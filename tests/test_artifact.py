@@ -305,3 +305,62 @@ def test_binary_bytes_in_a_table_are_a_validation_error(folder, name):
     (folder / name).write_bytes(b'epoch\tx\n\xff\xfe\x00\x81garbage\n')
     with pytest.raises(ValidationError, match=f'{name} is not'):
         _validate(folder)
+
+
+def _retyped(artifact, path, new_type):
+    """The artifact saved with its type changed by hand in both metadata.yaml files (and a
+    new UUID, so that no process caches it under the old one)."""
+    import uuid
+    import zipfile
+    original = path.with_suffix('.original.qza')
+    artifact.save(str(original))
+    old, old_id, new_id = str(artifact.type).encode(), str(artifact.uuid), str(uuid.uuid4())
+    with zipfile.ZipFile(original) as src, zipfile.ZipFile(path, 'w') as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith('metadata.yaml') and old in data:
+                data = data.replace(old, new_type.encode()).replace(old_id.encode(),
+                                                                    new_id.encode())
+            dst.writestr(item.filename.replace(old_id, new_id, 1), data)
+    return qiime2.Artifact.load(str(path))
+
+
+def _skip_where_views_are_copies():
+    """The check reads metadata.yaml beside the data folder an action is given; a QIIME 2
+    that handed actions a copy elsewhere would leave it nothing to read (and the check off)."""
+    if classifier().view(SavedModel).declared_task is None:
+        pytest.skip('this QIIME 2 gives views outside the artifact\'s folder: the declared '
+                    'type cannot be read, so the check is off here')
+
+
+def test_a_model_knows_the_type_its_artifact_declares(tmp_path):
+    _skip_where_views_are_copies()
+    assert classifier().view(SavedModel).declared_task == 'classification'
+    assert regressor().view(SavedModel).declared_task == 'regression'
+    # a folder that is not inside an artifact declares nothing
+    folder = model_folder(regressor(), tmp_path / 'exported')
+    from q2_aam._transformers import declared_task
+    assert declared_task(folder) is None
+    (tmp_path / 'metadata.yaml').write_text('uuid: someone-else\ntype: AAMModel[AAMEncoder]\n')
+    assert declared_task(folder) is None
+
+
+def test_predict_refuses_an_artifact_whose_type_was_edited_by_hand(tmp_path):
+    """An AAMRegressor holding a classifier: QIIME 2 types the output by the input's type,
+    so it would write class labels as regressor predictions."""
+    from qiime2.plugins.aam.methods import predict, predict_probabilities
+    from plugin_fixtures import split
+    _skip_where_views_are_copies()
+    fake = _retyped(classifier(), tmp_path / 'fake.qza', 'AAMModel[AAMRegressor]')
+    assert str(fake.type) == 'AAMModel[AAMRegressor]'
+    _, _, test_table, test_seqs = split()
+    message = ('This model artifact is typed as a regression model, but its config.json '
+               'holds a classification model: its metadata.yaml was changed by hand. Nothing '
+               'was predicted.')
+    with pytest.raises(ValueError) as e:
+        predict(model=fake, table=test_table, sequences=test_seqs)
+    assert message in str(e.value)
+    swapped = _retyped(regressor(), tmp_path / 'fake2.qza', 'AAMModel[AAMClassifier]')
+    with pytest.raises(ValueError, match='typed as a classification model, but its '
+                                         'config.json holds a regression model'):
+        predict_probabilities(model=swapped, table=test_table, sequences=test_seqs)

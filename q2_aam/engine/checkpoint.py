@@ -47,6 +47,8 @@ class SavedModel:
         {'truth': [], 'prediction': []}, index=pd.Index([], name='sample-id')))
     tensorboard: dict = field(default_factory=dict)   # relative path -> bytes
     linear: LinearModel = None
+    # the task its container says it holds (a QIIME 2 artifact's type), where known; not saved
+    declared_task: str = None
 
     @property
     def task(self):
