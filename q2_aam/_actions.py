@@ -17,6 +17,7 @@ from .engine import calibration, checkpoint, linear, optim, runstate
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights, parameter_count
+from .engine.unifrac import TreeDistances
 from .engine.trainer import TrainSettings, average_predictions, class_probabilities, \
     predict as engine_predict, resolve_device, seed_everything, target_scale, train
 
@@ -199,7 +200,8 @@ def _split(data, validation_size, seed, stratify=None):
 
 
 def pretrain(
-        table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix,
+        table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix = None,
+        phylogeny: skbio.TreeNode = None,
         alpha_diversity: pd.Series = None, pretrained: SavedModel = None,
         ignore_missing_samples: bool = False,
         max_bp: int = D['max_bp'], embedding_dim: int = D['embedding_dim'],
@@ -227,18 +229,27 @@ def pretrain(
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
     seed_everything(p['random_seed'])
+    if (distance_matrix is None) == (phylogeny is None):
+        raise ValueError('Pretraining learns UniFrac distances: give either distance_matrix '
+                         '(a UniFrac DistanceMatrix of these samples) or phylogeny (the rooted '
+                         'tree of these ASVs, from which each batch\'s distances are computed '
+                         'as needed; memory then grows with the table, not its square), '
+                         f"not {'both' if phylogeny is not None else 'neither'}.")
     counts, sample_ids, feature_ids = _inputs.table_parts(table)
     seqs = _inputs.sequences_for(feature_ids, sequences)
-    keep = _inputs.distances_for(sample_ids, distance_matrix, ignore_missing_samples)
-    counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
+    if distance_matrix is not None:
+        keep = _inputs.distances_for(sample_ids, distance_matrix, ignore_missing_samples)
+        counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
     if len(sample_ids) < _inputs.MIN_SAMPLES:
         raise ValueError(f'Only {len(sample_ids)} samples are in both the table and the '
                          f'distance matrix; pretraining needs at least {_inputs.MIN_SAMPLES}.')
     targets = None if alpha_diversity is None else _inputs.alpha_values(alpha_diversity,
                                                                         sample_ids)
+    distances = (_inputs.distance_array(distance_matrix, sample_ids)
+                 if distance_matrix is not None else
+                 TreeDistances(counts, feature_ids, phylogeny))
     data = _inputs.build_data(counts, sample_ids, feature_ids, seqs, p['max_asvs'],
-                              p['max_bp'], _inputs.distance_array(distance_matrix, sample_ids),
-                              targets)
+                              p['max_bp'], distances, targets)
     cfg = AAMConfig(task='encoder', n_outputs=0 if targets is None else 1, max_bp=p['max_bp'],
                     **{k: p[k] for k in ARCHITECTURE})
     if not cfg.asv_layers and p['nuc_weight'] > 0:
@@ -257,7 +268,9 @@ def pretrain(
                            settings, p)
     return _saved(cfg, p, settings, [result], sample_ids,
                   extra={'alpha_diversity': alpha_diversity is not None,
-                         'continued': pretrained is not None})
+                         'continued': pretrained is not None,
+                         'distances': 'matrix' if phylogeny is None else
+                         'computed per batch from the phylogeny (unweighted UniFrac)'})
 
 
 def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,

@@ -13,6 +13,7 @@ from q2_types.distance_matrix import DistanceMatrix
 from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency
 from q2_types.sample_data import AlphaDiversity, SampleData
+from q2_types.tree import Phylogeny, Rooted
 from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
 
 from . import __version__, _examples
@@ -222,7 +223,7 @@ model_description = ('The trained model with its configuration, training history
 # -- actions -------------------------------------------------------------------------
 plugin.methods.register_function(
     function=pretrain,
-    inputs={**inputs_common, 'distance_matrix': DistanceMatrix,
+    inputs={**inputs_common, 'distance_matrix': DistanceMatrix, 'phylogeny': Phylogeny[Rooted],
             'alpha_diversity': SampleData[AlphaDiversity], 'pretrained': AAMModel[AAMEncoder]},
     parameters={**training, **architecture,
                 'ignore_missing_samples': fitting['ignore_missing_samples']},
@@ -230,7 +231,13 @@ plugin.methods.register_function(
     input_descriptions={
         **input_descriptions_common,
         'distance_matrix': 'Distances between the samples (unweighted or weighted UniFrac, '
-                           'Bray-Curtis, ...): the model learns to reproduce them.',
+                           'Bray-Curtis, ...): the model learns to reproduce them. Give this '
+                           'or phylogeny.',
+        'phylogeny': 'Instead of distance_matrix: the rooted tree of the ASVs. Each '
+                     'batch\'s unweighted UniFrac distances are computed from it when the '
+                     'batch is drawn (Striped UniFrac, as q2-diversity computes them), so no '
+                     'matrix of all samples is ever built: memory grows with the table, not '
+                     'with the square of its samples. For studies too large for a matrix.',
         'alpha_diversity': 'Optional per-sample alpha diversity (e.g. Faith PD) to predict '
                            'as an extra pretraining target.',
         'pretrained': 'Optional encoder to go on training (e.g. on more samples as a study '

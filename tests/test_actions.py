@@ -834,3 +834,40 @@ def test_samples_that_share_no_asv_with_the_training_samples_are_named(tmp_path)
     with pytest.warns(UserWarning, match=f'{n} of {n} samples share no ASV \\(by sequence\\) '
                                          'with the samples the model was fitted on'):
         predict(model=regressor(), table=test_table, sequences=seqs)
+
+
+# -- pretraining from a phylogeny ------------------------------------------------------------
+
+def _balanced_tree(ids):
+    """A rooted binary tree over these tips (branch lengths from their order): enough for
+    UniFrac to tell samples apart."""
+    nodes = [f'{i}:{0.05 + (k % 7) * 0.03:.2f}' for k, i in enumerate(ids)]
+    while len(nodes) > 1:
+        nodes = [f'({nodes[k]},{nodes[k + 1]}):0.1' if k + 1 < len(nodes) else nodes[k]
+                 for k in range(0, len(nodes), 2)]
+    import skbio
+    return qiime2.Artifact.import_data('Phylogeny[Rooted]',
+                                       skbio.TreeNode.read([nodes[0].rsplit(':', 1)[0] + ';']))
+
+
+def test_pretrain_from_a_phylogeny_computes_each_batch_and_needs_one_source():
+    from q2_aam.engine import unifrac
+    tree = _balanced_tree(list(sequences_series().index))
+    sizes, real_block = [], unifrac.TreeDistances.block
+
+    def counting(self, rows):
+        sizes.append(len(rows))
+        return real_block(self, rows)
+    unifrac.TreeDistances.block = counting
+    try:
+        model = pretrain(table=table(), sequences=rep_seqs(), phylogeny=tree,
+                         **{**TINY, 'epochs': 1}).model.view(SavedModel)
+    finally:
+        unifrac.TreeDistances.block = real_block
+    assert model.config['training']['distances'].startswith('computed per batch')
+    assert np.isfinite(model.history['train_unifrac_loss']).all()
+    n_val = len(model.validation.index)            # the validation pairs' table
+    assert sizes and max(sizes) <= max(TINY['batch_size'], 7) and n_val > 0
+    for given in ({}, {'phylogeny': tree, 'distance_matrix': distances()}):
+        with pytest.raises(ValueError, match='give either distance_matrix .* or phylogeny'):
+            pretrain(table=table(), sequences=rep_seqs(), **given, **TINY)

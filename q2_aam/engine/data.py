@@ -41,7 +41,8 @@ class AmpliconData:
     """Samples as ranked ASV lists, plus the tokens of every feature.
 
     ``counts`` is samples x features (scipy sparse or dense); ``sequences`` are in
-    feature order. ``distances`` (n x n, sample order) and ``targets`` (n,) are optional.
+    feature order. ``distances`` (n x n, sample order, or a source that computes any
+    block of it, such as unifrac.TreeDistances) and ``targets`` (n,) are optional.
     """
 
     def __init__(self, counts, sample_ids, feature_ids, sequences, max_asvs=1024,
@@ -85,15 +86,36 @@ class AmpliconData:
             self.asvs.append(cols[order].astype(np.int64))
             self.abundances.append((vals[order] / totals[row]).astype(np.float32))
             self.reads.append(vals[order])
-        self.distances = None if distances is None else np.asarray(distances, np.float32)
-        if self.distances is not None and self.distances.shape != (n, n):
-            raise ValueError(f'distances are {self.distances.shape}, expected {(n, n)}.')
+        if distances is not None and hasattr(distances, 'block'):
+            if len(distances) != n:
+                raise ValueError(f'the distance source covers {len(distances)} samples, '
+                                 f'expected {n}.')
+            self.distances = distances
+        else:
+            self.distances = None if distances is None else np.asarray(distances, np.float32)
+            if self.distances is not None and self.distances.shape != (n, n):
+                raise ValueError(f'distances are {self.distances.shape}, expected {(n, n)}.')
         self.targets = None if targets is None else np.asarray(targets)
         if self.targets is not None and len(self.targets) != n:
             raise ValueError(f'{len(self.targets)} targets for {n} samples.')
 
     def __len__(self):
         return len(self.sample_ids)
+
+    def distance_block(self, rows):
+        """(B, B) distances between these sample rows (a matrix's block, or computed)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if hasattr(self.distances, 'block'):
+            return np.asarray(self.distances.block(rows), np.float32)
+        return self.distances[np.ix_(rows, rows)]
+
+    def distances_fingerprint(self):
+        """Bytes or text that change when the distances do (for resumable runs)."""
+        if self.distances is None:
+            return None
+        if hasattr(self.distances, 'fingerprint'):
+            return self.distances.fingerprint().encode()
+        return self.distances.tobytes()
 
     def asvs_per_sample(self):
         return np.array([len(a) for a in self.asvs])
@@ -150,7 +172,7 @@ class AmpliconData:
         length = int(self.lengths[unique_t].max()) if len(unique) else 1
         distances = None
         if self.distances is not None:
-            distances = torch.from_numpy(self.distances[np.ix_(samples, samples)])
+            distances = torch.from_numpy(self.distance_block(samples))
         if targets is None and self.targets is not None:
             targets = self.targets[samples]
         return Batch(samples, unique, self.tokens[unique_t, :length], torch.from_numpy(asv_index),

@@ -35,7 +35,7 @@ def fingerprint(data):
         'counts': digest(*(np.asarray(r, np.float64).tobytes() for r in rows)),
         'targets': None if data.targets is None else digest(
             np.asarray(data.targets).astype(str).tobytes()),
-        'distances': None if data.distances is None else digest(data.distances.tobytes()),
+        'distances': None if data.distances is None else digest(data.distances_fingerprint()),
     }
 
 

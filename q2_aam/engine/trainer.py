@@ -674,12 +674,19 @@ def validation_figure(table, kind, class_names=None):
     return plots.unifrac_figure(table['truth'].to_numpy(float), table['prediction'].to_numpy(float))
 
 
+# the validation figure's UniFrac pairs come from at most this many samples (500,000 pairs):
+# enough to see the fit, and bounded however many samples a large pretraining validates
+MAX_PAIR_SAMPLES = 1000
+
+
 def _pair_table(data, rows, embeddings):
-    """UniFrac truth vs embedding distance for every pair of validation samples."""
+    """UniFrac truth vs embedding distance for every pair of (the first 1,000) validation
+    samples."""
     from .losses import pairwise_distances
+    rows, embeddings = rows[:MAX_PAIR_SAMPLES], embeddings[:MAX_PAIR_SAMPLES]
     ids = data.sample_ids[rows]
     i, j = np.triu_indices(len(rows), k=1)
-    truth = data.distances[np.ix_(rows, rows)][i, j]
+    truth = data.distance_block(rows)[i, j]
     known = ~np.isnan(truth)                   # pairs of pooled studies have no distance
     i, j = i[known], j[known]
     return pd.DataFrame({
