@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import losses, metrics, optim
+from . import distributed, losses, metrics, optim
 from .data import batch_indices
 from .tokens import mask_nucleotides
 
@@ -142,6 +142,10 @@ class Trainer:
     """Trains one model on one dataset; ``run()`` returns a ``TrainResult``."""
 
     def __init__(self, model, data, train_rows, val_rows, settings, on_epoch_end=None):
+        self.dist = distributed.context()
+        if not self.dist.main:     # one rank writes: the others log, save and print nothing
+            settings = replace(settings, quiet=True, checkpoint_dir=None, tensorboard_dir=None,
+                               histogram_frequency=0)
         self.model, self.data, self.s = model, data, settings
         self.train_rows = np.asarray(train_rows, np.int64)
         self.val_rows = np.asarray(val_rows, np.int64)
@@ -184,7 +188,10 @@ class Trainer:
         self.optimizer = optim.make_optimizer(settings.optimizer, trainable,
                                               lr=settings.learning_rate,
                                               weight_decay=settings.weight_decay)
-        self.steps_per_epoch = len(batch_indices(self.train_rows, settings.batch_size))
+        self.net = distributed.wrap(model, self.device)   # DDP across ranks, else the model
+        # a global batch smaller than the ranks leaves one without samples: it is skipped
+        self.steps_per_epoch = sum(len(b) >= self.dist.world for b in
+                                   batch_indices(self.train_rows, settings.batch_size))
         self.scheduler = optim.make_scheduler(
             settings.scheduler, self.optimizer, settings.epochs * self.steps_per_epoch,
             warmup_fraction=settings.warmup_fraction, params=settings.scheduler_params)
@@ -197,25 +204,33 @@ class Trainer:
             return (targets.float() - self.mean) / self.std
         return targets
 
-    def _step_losses(self, batch, generator, frozen_vectors=None, clean=False):
+    def _step_losses(self, batch, generator, frozen_vectors=None, clean=False,
+                     global_rows=None, sizes=None):
         """Forward one batch; returns (loss terms, model outputs).
 
         ``clean`` (validation): the samples are read from unmasked sequences, as
         predict() reads them; only the nucleotide loss reads the masked ones.
+        ``global_rows``, ``sizes`` (several ranks): the global batch in rank order and each
+        rank's share of it; the UniFrac loss is the global batch's.
         """
         tokens = batch.tokens
         mask = None
         if self.use_nuc:
             tokens, mask = mask_nucleotides(batch.tokens, self.s.nuc_mask_ratio, generator)
         vectors = None if frozen_vectors is None else frozen_vectors[batch.features]
+        net = self.model if clean else self.net     # validation needs no gradient sync
         with torch.autocast(**self.autocast):
-            out = self.model(batch.tokens if clean else tokens, batch.asv_index,
-                             batch.abundance, asv_vectors=vectors)
+            out = net(batch.tokens if clean else tokens, batch.asv_index,
+                      batch.abundance, asv_vectors=vectors)
             if clean and self.use_nuc:
                 out['nuc_logits'] = self.model.nuc_head(self.model.asv_encoder(tokens)[1])
         terms = {}
-        if self.use_unifrac:
+        if self.use_unifrac and sizes is None:
             terms['unifrac_loss'] = losses.unifrac_loss(out['embedding'], batch.distances)
+        elif self.use_unifrac:              # every pair of the global batch, across ranks
+            everyone = distributed.gather_rows(out['embedding'], sizes)
+            block = torch.from_numpy(self.data.distance_block(global_rows)).to(self.device)
+            terms['unifrac_loss'] = losses.unifrac_loss(everyone, block)
         if self.use_nuc:
             terms['nuc_loss'] = losses.nuc_loss(out['nuc_logits'], batch.tokens, mask)
         if self.kind is not None:
@@ -260,15 +275,34 @@ class Trainer:
         truth, predicted = [], []
         rarefy = ((self.s.rarefy_depth, np.random.default_rng([self.s.random_seed, epoch, 1]))
                   if self.s.rarefy_depth else None)
+        world = self.dist.world
         for rows in batch_indices(self.train_rows, self.s.batch_size, shuffle=True,
                                   seed=self.s.random_seed, epoch=epoch):
-            batch = self.data.make_batch(rows, rarefy=rarefy).to(self.device)
-            terms, out = self._step_losses(batch, generator, frozen)
-            loss = losses.total_loss(terms, self.weights)
+            local, global_rows, sizes = rows, None, None
+            if world > 1:                   # this rank's share of the global batch
+                if len(rows) < world:
+                    continue
+                parts = distributed.shards(rows, world)
+                local, global_rows = parts[self.dist.rank], np.concatenate(parts)
+                sizes = [len(part) for part in parts]
+            batch = self.data.make_batch(local, rarefy=rarefy).to(self.device)
+            terms, out = self._step_losses(batch, generator, frozen, global_rows=global_rows,
+                                           sizes=sizes)
+            step_terms = terms
+            if world > 1:
+                # a per-sample mean of this rank's share, weighted so that DDP's average of
+                # the ranks' gradients is the global batch's mean (the UniFrac term already
+                # is the global batch's)
+                share = world * len(local) / len(rows)
+                step_terms = {k: v if v is None or k == 'unifrac_loss' else v * share
+                              for k, v in terms.items()}
+            loss = losses.total_loss(step_terms, self.weights)
             if loss is None:
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
+            if world > 1:
+                finite = distributed.all_ranks_agree(finite)
             if finite:
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(
@@ -279,6 +313,11 @@ class Trainer:
                 self._nonfinite(terms, batch)
                 continue
             self.bad_steps = 0
+            if world > 1:                   # the logs show the global batch's losses
+                terms = {k: v if v is None or k == 'unifrac_loss' else torch.tensor(
+                    distributed.global_mean(v.item(), len(local), len(rows)))
+                    for k, v in terms.items()}
+                loss = losses.total_loss(terms, self.weights)
             self._log_step(terms, loss, float(norm))
             self.optimizer.step()
             if not self.scheduler.per_epoch:
