@@ -33,7 +33,7 @@ DEFAULTS = dict(
     nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
     random_seed=0, device='auto', threads=0, tensorboard_dir='', checkpoint_dir='',
-    histogram_frequency=50,
+    histogram_frequency=50, processes=1,
     ensemble_size=5,
     rarefy_depth=2000, calibrate=False, linear_weight=0.75,
 )
@@ -141,7 +141,70 @@ def _check_size(arch, max_bp, members=1):
 # settings that change where or how fast a run goes, not what it computes: a resumed run
 # may change them
 NOT_FINGERPRINTED = ('checkpoint_dir', 'tensorboard_dir', 'threads', 'device',
-                     'histogram_frequency')
+                     'histogram_frequency', 'processes')
+
+
+def _on_processes(action, views, p):
+    """Run this action as p['processes'] torchrun workers on this machine (one per GPU when
+    there are GPUs) and return rank 0's model: the inputs are written where the workers
+    read them (q2_aam/launch.py), as a multi-node run reads them exported."""
+    import subprocess
+    import sys
+    import tempfile
+    import json
+    n = p['processes']
+    if p.get('checkpoint_dir'):
+        raise ValueError('checkpoint_dir: a run on several processes cannot be resumed yet; '
+                         'leave checkpoint_dir out, or use processes 1.')
+    with tempfile.TemporaryDirectory(prefix='q2-aam-processes-') as tmp:
+        args = [f'--output={tmp}/model']
+        for name, view in views.items():
+            if view is not None and name == 'metadata':
+                args += [f'--metadata-file={_export(name, view, tmp)}',
+                         f'--metadata-column={view.name}']
+            elif view is not None:
+                args.append(f'--{name.replace("_", "-")}={_export(name, view, tmp)}')
+        args += [f'--set={k}={json.dumps(v)}' for k, v in p.items()
+                 if k != 'processes' and v is not None]
+        command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                   f'--nproc-per-node={n}', '-m', 'q2_aam.launch', action] + args
+        _inputs.note(f'training on {n} processes (torchrun): {" ".join(command[:6])} …')
+        done = subprocess.run(command, env={**os.environ, 'Q2_AAM_LAUNCHED_BY_ACTION': '1'})
+        if done.returncode != 0:
+            raise RuntimeError(f'The {n} training processes failed (exit status '
+                               f'{done.returncode}); their messages are above.')
+        saved = checkpoint.load(f'{tmp}/model')
+    saved.config['training']['processes'] = n
+    return saved
+
+
+def _export(name, view, folder):
+    """One input as the file q2_aam/launch.py reads (what `qiime tools export` gives)."""
+    path = os.path.join(folder, name)
+    if name == 'table':
+        from biom.util import biom_open
+        with biom_open(path + '.biom', 'w') as fh:
+            view.to_hdf5(fh, 'q2-aam')
+        return path + '.biom'
+    if name == 'sequences':
+        with open(path + '.fasta', 'w') as fh:
+            fh.writelines(f'>{i}\n{s}\n' for i, s in view.items())
+        return path + '.fasta'
+    if name in ('distance_matrix', 'phylogeny'):
+        view.write(path)
+        return path
+    if name == 'alpha_diversity':
+        pd.Series(view).rename('alpha').to_csv(path + '.tsv', sep='\t', index_label='id')
+        return path + '.tsv'
+    if name == 'metadata':
+        kind = 'numeric' if isinstance(view, qiime2.NumericMetadataColumn) else 'categorical'
+        series = view.to_series()
+        with open(path + '.tsv', 'w') as fh:
+            fh.write(f'id\t{view.name}\n#q2:types\t{kind}\n')
+            series.to_csv(fh, sep='\t', header=False)
+        return path + '.tsv'
+    checkpoint.save(view, path)          # a model: pretrained or continue_from
+    return path
 
 
 def _start_checkpoints(p, action, data, pretrained=None):
@@ -220,8 +283,14 @@ def pretrain(
         random_seed: int = D['random_seed'], device: str = D['device'],
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
         checkpoint_dir: str = D['checkpoint_dir'],
-        histogram_frequency: int = D['histogram_frequency']) -> SavedModel:
+        histogram_frequency: int = D['histogram_frequency'],
+        processes: int = D['processes']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    if processes > 1:
+        return _on_processes('pretrain', dict(
+            table=table, sequences=sequences, distance_matrix=distance_matrix,
+            phylogeny=phylogeny, alpha_diversity=alpha_diversity, pretrained=pretrained),
+            {**p, 'ignore_missing_samples': ignore_missing_samples})
     if pretrained is not None:      # go on from an encoder: its architecture, its weights
         given = {k: p[k] for k in ARCHITECTURE if p[k] != DEFAULTS[k]}
         arch, max_bp = _architecture({**given, 'max_bp': None}, pretrained)
@@ -353,8 +422,15 @@ def fit(
         histogram_frequency: int = D['histogram_frequency'],
         ensemble_size: int = D['ensemble_size'],
         rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate'],
-        linear_weight: float = D['linear_weight']) -> SavedModel:
+        linear_weight: float = D['linear_weight'], processes: int = D['processes']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    if processes > 1:
+        given = {k: v for k, v in locals().items() if k in (
+            'freeze_encoder', 'ignore_missing_samples', 'target_weight', 'regression_loss',
+            'max_bp', *ARCHITECTURE) and v is not None}
+        return _on_processes('fit', dict(
+            table=table, sequences=sequences, metadata=metadata, pretrained=pretrained,
+            distance_matrix=distance_matrix, continue_from=continue_from), {**p, **given})
     if freeze_encoder and pretrained is None:
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
                          'pretrained encoder was given. Pass --i-pretrained, or leave '

@@ -80,6 +80,7 @@ training = {
     'histogram_frequency': _upto(0, 100_000),
     'checkpoint_dir': Str,
     'max_asvs': _upto(1, 100_000),
+    'processes': _upto(1, 64),
 }
 architecture = {
     'max_bp': _upto(10, 1024),
@@ -166,6 +167,12 @@ descriptions = {
     'kmer_size': 'Length of the k-mers whose profile is added to each ASV\'s vector '
                  '(0 = off). It tells ASVs apart from the start of training and keeps '
                  'related sequences close; see benchmarks/results.md.',
+    'processes': 'Train on this many processes at once through torchrun (torch\'s own '
+                 'launcher), one per GPU when there are GPUs: each global batch of '
+                 'batch_size samples is split between them, and the UniFrac loss still counts '
+                 'every pair of the batch. The result is the model one process trains, within '
+                 'float rounding. On CPUs it only pays with cores to spare for each process. '
+                 'Not with checkpoint_dir. For several machines, see the README.',
     'freeze_encoder': 'Keep the pretrained encoder\'s weights fixed and train only the '
                       'prediction head (faster; needs `pretrained`).',
     'target_weight': 'Weight of the prediction loss.',

@@ -871,3 +871,71 @@ def test_pretrain_from_a_phylogeny_computes_each_batch_and_needs_one_source():
     for given in ({}, {'phylogeny': tree, 'distance_matrix': distances()}):
         with pytest.raises(ValueError, match='give either distance_matrix .* or phylogeny'):
             pretrain(table=table(), sequences=rep_seqs(), **given, **TINY)
+
+
+# -- several processes ------------------------------------------------------------------------
+
+# deterministic across ranks: no dropout, no masked bases, no read subsampling, and SGD
+# (Adam turns float noise in a ~0 gradient into a full step)
+SAME_ON_EVERY_RANK = dict(dropout=0.0, nuc_weight=0.0, optimizer='sgd', learning_rate=0.05,
+                          scheduler='constant', epochs=2)
+
+
+def _assert_same_model(a, b, atol=1e-4):
+    assert a.config['model'] == b.config['model'] and a.ensemble_size == b.ensemble_size
+    for name, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[name], value, atol=atol, rtol=1e-3)
+
+
+def test_pretrain_on_two_processes_gives_the_one_process_encoder(capsys):
+    settings = {**TINY, **SAME_ON_EVERY_RANK}
+    one = pretrain(table=table(), sequences=rep_seqs(), distance_matrix=distances(),
+                   **settings).model.view(SavedModel)
+    two = pretrain(table=table(), sequences=rep_seqs(), distance_matrix=distances(),
+                   processes=2, **settings).model
+    assert str(two.type) == 'AAMModel[AAMEncoder]'
+    two = two.view(SavedModel)
+    assert two.config['training']['processes'] == 2
+    assert one.config['training']['processes'] == 1
+    _assert_same_model(one, two)
+    np.testing.assert_allclose(two.history['train_unifrac_loss'],
+                               one.history['train_unifrac_loss'], rtol=1e-4)
+    assert 'q2-aam: training on 2 processes (torchrun)' in capsys.readouterr().out
+
+
+def test_fit_on_two_processes_gives_the_one_process_model():
+    settings = dict(**SAME_ON_EVERY_RANK, ensemble_size=2, rarefy_depth=0)
+    one = _fit(days(), **settings)
+    two = _fit(days(), processes=2, **settings)
+    a, b = one.view(SavedModel), two.view(SavedModel)
+    _assert_same_model(a, b)
+    np.testing.assert_allclose(a.linear.coef, b.linear.coef, rtol=1e-9, atol=1e-12)
+    pd.testing.assert_series_equal(_predictions(one), _predictions(two), rtol=1e-3)
+
+
+def test_several_processes_cannot_resume_yet(tmp_path):
+    with pytest.raises(ValueError, match='a run on several processes cannot be resumed yet'):
+        _fit(days(), processes=2, checkpoint_dir=str(tmp_path / 'ck'))
+
+
+def test_the_launcher_reads_exported_files_and_writes_an_importable_folder(tmp_path, capsys):
+    """What a multi-node run does on each node (here one process, without torchrun)."""
+    from q2_aam import launch
+    from q2_aam._actions import _export
+    tree = _balanced_tree(list(sequences_series().index))
+    files = {name: _export(name, view, str(tmp_path)) for name, view in (
+        ('table', biom_table()), ('sequences', sequences_series()),
+        ('phylogeny', tree.view(__import__('skbio').TreeNode)))}
+    out = tmp_path / 'encoder'
+    launch.run(['pretrain', f'--table={files["table"]}', f'--sequences={files["sequences"]}',
+                f'--phylogeny={files["phylogeny"]}', f'--output={out}', '--set', 'epochs=1',
+                '--set', 'embedding_dim=16', '--set', 'attention_heads=2', '--set',
+                'max_asvs=32', '--set', 'threads=1', '--set', 'device="cpu"'])
+    assert (f"import it with qiime tools import --type 'AAMModel[AAMEncoder]' --input-path "
+            f'{out}') in capsys.readouterr().out
+    artifact = qiime2.Artifact.import_data('AAMModel[AAMEncoder]', str(out))
+    saved = artifact.view(SavedModel)
+    assert saved.config['training']['processes'] == 1
+    assert saved.config['training']['distances'].startswith('computed per batch')
+    with pytest.raises(SystemExit, match='write NAME=VALUE'):
+        launch.run(['pretrain', '--table=x', '--sequences=y', '--output=z', '--set', 'epochs'])

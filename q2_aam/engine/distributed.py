@@ -47,17 +47,36 @@ def shards(rows, world):
     return [rows[r::world] for r in range(world)]
 
 
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equally shaped (n, D) tensors with a gradient: every rank's loss reads
+    every rank's rows, so a rank's rows get the sum of all ranks' gradients for them."""
+
+    @staticmethod
+    def forward(ctx, padded):
+        import torch.distributed as dist
+        parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), padded.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
 def gather_rows(local, sizes):
     """Every rank's (n_r, D) rows -> (sum n_r, D) in rank order, differentiable.
 
     all_gather needs one shape on every rank, so each rank pads to the largest shard and
     the padding is dropped after; ``sizes`` are the shards' lengths, known to every rank.
     """
-    from torch.distributed.nn.functional import all_gather
     longest = max(sizes)
     padded = torch.cat([local, local.new_zeros(longest - local.shape[0], *local.shape[1:])])
-    parts = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    everyone = _GatherRows.apply(padded)
+    return torch.cat([everyone[r * longest:r * longest + n] for r, n in enumerate(sizes)])
 
 
 def all_ranks_agree(flag):
@@ -97,7 +116,8 @@ def wrap(model, device):
     if not context().distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
-    # find_unused_parameters: a frozen encoder or an unused head leaves parameters without
-    # gradients in some steps
+    # find_unused_parameters: a frozen encoder, or a head whose loss is off, leaves
+    # parameters without gradients (DDP warns once when a run has none; static_graph failed
+    # on pretraining without the masked-base loss)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda'
                                    else None, find_unused_parameters=True)
