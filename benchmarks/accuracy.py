@@ -23,7 +23,6 @@ Usage:
   .venv/bin/python benchmarks/accuracy.py --list              # the variants
 """
 import argparse
-import copy
 import datetime
 import os
 import platform

@@ -31,7 +31,7 @@ def _run(ds, rows, task, settings, nucleotide_layers, seed=0):
     import torch
     from q2_aam.engine.data import split_samples
     from q2_aam.engine.model import AAM, AAMConfig
-    from q2_aam.engine.trainer import TrainSettings, target_scale, train
+    from q2_aam.engine.trainer import TrainSettings, train
     data = A._subset_data(ds, rows, 128, with_distances=task == 'encoder', with_targets=True)
     fit_rows, val_rows = split_samples(len(rows), 0.2, seed=seed,
                                        stratify=None if task != 'classification' else ds.y)

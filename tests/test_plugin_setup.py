@@ -81,7 +81,15 @@ class PluginSetupTests(TestPluginBase):
         self.assertFalse(fit.parameters['metadata'].has_default())
         self.assertEqual(list(fit.outputs), ['model'])
         pretrain = self.plugin.actions['pretrain'].signature
-        self.assertFalse(pretrain.inputs['distance_matrix'].has_default())
+        # one of the two is needed (the action says which); QIIME 2 has no "one of"
+        self.assertTrue(pretrain.inputs['distance_matrix'].has_default())
+        self.assertTrue(pretrain.inputs['phylogeny'].has_default())
+        self.assertEqual(str(pretrain.inputs['phylogeny'].qiime_type), 'Phylogeny[Rooted]')
+        self.assertEqual(str(pretrain.parameters['processes'].qiime_type),
+                         str(fit.parameters['processes'].qiime_type))
+        self.assertIn('Range(1, 64', str(fit.parameters['processes'].qiime_type))
+        self.assertEqual(str(fit.parameters['linear_weight'].qiime_type),
+                         'Float % Range(0.0, 1.0, inclusive_end=True)')
         self.assertTrue(pretrain.inputs['alpha_diversity'].has_default())
         self.assertEqual(str(pretrain.inputs['pretrained'].qiime_type), 'AAMModel[AAMEncoder]')
         # every size and rate has an upper bound that Galaxy can show

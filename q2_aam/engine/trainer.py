@@ -415,7 +415,6 @@ class Trainer:
             return self._run(tb_dir, class_names, resume_from)
 
     def _run(self, tb_dir, class_names, resume_from):
-        s = self.s
         if class_names is None and self.kind == 'classification':
             class_names = [str(c) for c in range(self.model.cfg.n_outputs)]
         self.class_names = class_names
