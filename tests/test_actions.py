@@ -851,6 +851,7 @@ def _balanced_tree(ids):
 
 
 def test_pretrain_from_a_phylogeny_computes_each_batch_and_needs_one_source():
+    pytest.importorskip('unifrac')
     from q2_aam.engine import unifrac
     tree = _balanced_tree(list(sequences_series().index))
     sizes, real_block = [], unifrac.TreeDistances.block
@@ -920,6 +921,7 @@ def test_several_processes_cannot_resume_yet(tmp_path):
 
 def test_the_launcher_reads_exported_files_and_writes_an_importable_folder(tmp_path, capsys):
     """What a multi-node run does on each node (here one process, without torchrun)."""
+    pytest.importorskip('unifrac')
     from q2_aam import launch
     from q2_aam._actions import _export
     tree = _balanced_tree(list(sequences_series().index))

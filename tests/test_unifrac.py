@@ -5,6 +5,9 @@ import pytest
 import skbio
 import torch
 
+pytest.importorskip('unifrac', reason='Striped UniFrac (the unifrac package, which QIIME 2\'s '
+                    'q2-diversity-lib brings) is not installed')
+
 from q2_aam.engine.data import AmpliconData
 from q2_aam.engine.trainer import TrainSettings, train
 from q2_aam.engine.unifrac import TreeDistances
