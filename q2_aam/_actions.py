@@ -33,7 +33,7 @@ DEFAULTS = dict(
     nuc_mask_ratio=0.15,
     unifrac_weight=1.0, nuc_weight=1.0, target_weight=1.0, regression_loss='mse',
     random_seed=0, device='auto', threads=0, tensorboard_dir='', checkpoint_dir='',
-    histogram_frequency=50, processes=1,
+    histogram_frequency=50, processes=1, compile=False,
     ensemble_size=5,
     rarefy_depth=2000, calibrate=False, linear_weight=0.75,
 )
@@ -116,7 +116,7 @@ def _settings(p, **overrides):
         unifrac_weight=p['unifrac_weight'], nuc_weight=p['nuc_weight'],
         random_seed=p['random_seed'], device=p['device'], threads=_threads(p['threads']),
         histogram_frequency=p['histogram_frequency'], tensorboard_dir=None, quiet=False,
-        **overrides)
+        compile='inductor' if p.get('compile') else None, **overrides)
     optim._check_params(s.scheduler, params)        # unknown keys fail before training
     s.tensorboard_dir = _run_folder(_safe_folder('tensorboard_dir', p['tensorboard_dir']))
     _safe_folder('checkpoint_dir', p.get('checkpoint_dir'))
@@ -141,7 +141,7 @@ def _check_size(arch, max_bp, members=1):
 # settings that change where or how fast a run goes, not what it computes: a resumed run
 # may change them
 NOT_FINGERPRINTED = ('checkpoint_dir', 'tensorboard_dir', 'threads', 'device',
-                     'histogram_frequency', 'processes')
+                     'histogram_frequency', 'processes', 'compile')
 
 
 def _on_processes(action, views, p):
@@ -284,7 +284,7 @@ def pretrain(
         threads: int = D['threads'], tensorboard_dir: str = D['tensorboard_dir'],
         checkpoint_dir: str = D['checkpoint_dir'],
         histogram_frequency: int = D['histogram_frequency'],
-        processes: int = D['processes']) -> SavedModel:
+        processes: int = D['processes'], compile: bool = D['compile']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if processes > 1:
         return _on_processes('pretrain', dict(
@@ -422,7 +422,8 @@ def fit(
         histogram_frequency: int = D['histogram_frequency'],
         ensemble_size: int = D['ensemble_size'],
         rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate'],
-        linear_weight: float = D['linear_weight'], processes: int = D['processes']) -> SavedModel:
+        linear_weight: float = D['linear_weight'], processes: int = D['processes'],
+        compile: bool = D['compile']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if processes > 1:
         given = {k: v for k, v in locals().items() if k in (

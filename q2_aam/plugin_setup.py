@@ -81,6 +81,7 @@ training = {
     'checkpoint_dir': Str,
     'max_asvs': _upto(1, 100_000),
     'processes': _upto(1, 64),
+    'compile': Bool,
 }
 architecture = {
     'max_bp': _upto(10, 1024),
@@ -173,6 +174,10 @@ descriptions = {
                  'every pair of the batch. The result is the model one process trains, within '
                  'float rounding. On CPUs it only pays with cores to spare for each process. '
                  'Not with checkpoint_dir. For several machines, see the README.',
+    'compile': 'Compile the model\'s training steps with torch.compile (any batch shape). '
+               'The first epoch then takes up to a minute longer. On 2 CPU cores it did not '
+               'pay: epochs took 2.7 s against 1.9 s without (benchmarks/compile.py); '
+               'measure it on a GPU before long runs.',
     'freeze_encoder': 'Keep the pretrained encoder\'s weights fixed and train only the '
                       'prediction head (faster; needs `pretrained`).',
     'target_weight': 'Weight of the prediction loss.',

@@ -941,3 +941,22 @@ def test_the_launcher_reads_exported_files_and_writes_an_importable_folder(tmp_p
     assert saved.config['training']['distances'].startswith('computed per batch')
     with pytest.raises(SystemExit, match='write NAME=VALUE'):
         launch.run(['pretrain', '--table=x', '--sequences=y', '--output=z', '--set', 'epochs'])
+
+
+def test_compile_asks_the_trainer_for_torch_compile(monkeypatch):
+    """`compile` becomes the inductor backend for every training run (the engine's test
+    trains a compiled model; inductor itself takes a minute to compile, so not here)."""
+    import q2_aam._actions as actions
+    asked = []
+
+    def recording_train(model, data, train_rows, val_rows, settings, **kwargs):
+        asked.append(settings.compile)
+        raise KeyboardInterrupt      # the settings are all this test needs
+    monkeypatch.setattr(actions, 'train', recording_train)
+    for flag, backend in ((True, 'inductor'), (False, None)):
+        with pytest.raises(KeyboardInterrupt):
+            _fit(days(), compile=flag)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(table=table(), sequences=rep_seqs(), distance_matrix=distances(),
+                     compile=flag, **TINY)
+        assert asked[-2:] == [backend, backend]

@@ -51,6 +51,8 @@ class TrainSettings:
     device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
     threads: Optional[int] = None
     activation_checkpointing: Optional[bool] = None   # None: see checkpoint_by_default
+    compile: Optional[str] = None         # a torch.compile backend ('inductor') for the
+                                          # training forward; None: run it eagerly
     histogram_frequency: int = 50         # epochs; 0 = off
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
@@ -189,6 +191,8 @@ class Trainer:
                                               lr=settings.learning_rate,
                                               weight_decay=settings.weight_decay)
         self.net = distributed.wrap(model, self.device)   # DDP across ranks, else the model
+        if settings.compile:     # batches differ in ASVs and lengths: compile for any shape
+            self.net = torch.compile(self.net, backend=settings.compile, dynamic=True)
         # a global batch smaller than the ranks leaves one without samples: it is skipped
         self.steps_per_epoch = sum(len(b) >= self.dist.world for b in
                                    batch_indices(self.train_rows, settings.batch_size))
