@@ -243,3 +243,21 @@ def test_tokens_of_the_dataset_have_no_all_padding_row():
     data = small(np.ones((1, 5)))
     assert (data.tokens[:, 0] == START).all()
     assert ((data.tokens != PAD).sum(1) == torch.tensor([11, 3, 21, 4, 5])).all()
+
+
+def test_a_batch_without_distances_computes_none():
+    """Prediction and a distributed rank ask for no distance block: from a tree each block
+    is a UniFrac computation, so none may be computed for them."""
+    calls = []
+
+    class Source:
+        def __len__(self):
+            return 10
+
+        def block(self, rows):
+            calls.append(list(rows))
+            return np.zeros((len(rows), len(rows)), np.float32)
+    counts = np.tile([[3, 1, 0, 2, 5], [0, 4, 4, 1, 1]], (5, 1))
+    data = small(counts, distances=Source())
+    assert data.make_batch([0, 3], distances=False).distances is None and calls == []
+    assert data.make_batch([0, 3]).distances.shape == (2, 2) and calls == [[0, 3]]

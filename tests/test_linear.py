@@ -75,7 +75,7 @@ def test_classifier_probabilities_match_sklearn_and_cover_every_class():
     y = (_target(counts) > np.median(_target(counts))).astype(int)
     two = linear.fit_linear(counts, SEQS, y, 'classification', 2)
     p, _ = linear.linear_outputs(two, counts, SEQS)
-    X = linear.log_abundance(counts, np.arange(len(SEQS)))
+    X = linear.log_abundance(counts, np.arange(len(SEQS)), len(SEQS))
     sk = LogisticRegression(C=two.penalty, max_iter=linear.LOGISTIC_MAX_ITER).fit(X, y)
     np.testing.assert_allclose(p, sk.predict_proba(X), atol=1e-4)
     assert p.shape == (60, 2) and (p.argmax(1) == y).mean() > 0.8

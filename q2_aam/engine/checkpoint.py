@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from .linear import LinearModel
+from .linear import PSEUDO_ABUNDANCE, LinearModel
 from .model import AAM, AAMConfig, parameter_count
 from .tokens import VOCAB
 
@@ -248,7 +249,6 @@ def _check_calibration(calibration, task, n_outputs):
 def linear_config(linear, weight):
     """config.json's record of a linear half: its share of each prediction and the
     numbers that are not per sequence (linear.tsv holds those)."""
-    from .linear import PSEUDO_ABUNDANCE
     return {'weight': float(weight), 'features': len(linear.sequences),
             'penalty': linear.penalty if math.isfinite(linear.penalty) else None,
             'intercept': [float(b) for b in linear.intercept],
@@ -294,7 +294,6 @@ def _check_linear_config(linear, task):
 def read_linear(directory, config):
     """linear.tsv back as a LinearModel, checked against config.json: one row per sequence,
     one finite coefficient per output."""
-    import numpy as np
     meta = config.get('linear')
     path = Path(directory) / LINEAR_FILE
     if meta is None:

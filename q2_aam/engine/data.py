@@ -86,7 +86,7 @@ class AmpliconData:
             self.asvs.append(cols[order].astype(np.int64))
             self.abundances.append((vals[order] / totals[row]).astype(np.float32))
             self.reads.append(vals[order])
-        if distances is not None and hasattr(distances, 'block'):
+        if hasattr(distances, 'block'):
             if len(distances) != n:
                 raise ValueError(f'the distance source covers {len(distances)} samples, '
                                  f'expected {n}.')
@@ -144,10 +144,13 @@ class AmpliconData:
         new_total = drawn.sum() + rest
         return self.asvs[row][present], (drawn[present] / new_total).astype(np.float32)
 
-    def make_batch(self, samples, dedupe=True, targets=None, rarefy=None):
+    def make_batch(self, samples, dedupe=True, targets=None, rarefy=None, distances=True):
         """Cut a batch for these sample rows. ``dedupe=False`` encodes every slot
         separately (the naive path, kept for benchmarks and tests). ``rarefy``:
-        (depth, numpy Generator) subsamples each sample's reads first (see rarefied)."""
+        (depth, numpy Generator) subsamples each sample's reads first (see rarefied).
+        ``distances=False`` leaves out the distance block (prediction reads none, and a
+        rank of a distributed run uses the global batch's): from a tree it costs a
+        UniFrac computation."""
         samples = np.asarray(samples, dtype=np.int64)
         if rarefy is not None:
             drawn = [self.rarefied(i, *rarefy) for i in samples]
@@ -170,13 +173,13 @@ class AmpliconData:
             offset += len(a)
         unique_t = torch.from_numpy(unique)
         length = int(self.lengths[unique_t].max()) if len(unique) else 1
-        distances = None
-        if self.distances is not None:
-            distances = torch.from_numpy(self.distance_block(samples))
+        block = None
+        if distances and self.distances is not None:
+            block = torch.from_numpy(self.distance_block(samples))
         if targets is None and self.targets is not None:
             targets = self.targets[samples]
         return Batch(samples, unique, self.tokens[unique_t, :length], torch.from_numpy(asv_index),
-                     torch.from_numpy(abundance), distances,
+                     torch.from_numpy(abundance), block,
                      None if targets is None else torch.as_tensor(targets))
 
     def used_features(self, samples):

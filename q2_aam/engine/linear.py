@@ -39,8 +39,8 @@ class LinearModel:
         return self.coef.shape[1]
 
 
-def log_abundance(counts, columns):
-    """Samples x features counts -> samples x len(unique columns) log relative abundance.
+def log_abundance(counts, columns, n_columns):
+    """Samples x features counts -> samples x ``n_columns`` log relative abundance.
 
     ``columns`` maps each count column to its output column (or -1: not a known ASV), so
     ASVs that share a sequence add up. Relative abundance is taken over all of a sample's
@@ -54,9 +54,8 @@ def log_abundance(counts, columns):
     relative = (scale @ counts).tocsc()
     columns = np.asarray(columns)
     keep = np.flatnonzero(columns >= 0)
-    n_out = int(columns.max()) + 1 if len(keep) else 0
     gather = sp.csr_matrix((np.ones(len(keep)), (keep, columns[keep])),
-                           shape=(counts.shape[1], n_out))
+                           shape=(counts.shape[1], n_columns))
     summed = (relative @ gather).tocsr()
     summed.data = np.log1p(summed.data / PSEUDO_ABUNDANCE)
     return summed
@@ -71,7 +70,7 @@ def fit_linear(counts, sequences, targets, task, n_classes=None):
     known = sorted({s for s, u in zip(sequences, used) if u})
     position = {s: i for i, s in enumerate(known)}
     columns = [position[s] if u else -1 for s, u in zip(sequences, used)]
-    X = log_abundance(counts, columns)
+    X = log_abundance(counts, columns, len(known))
     y = np.asarray(targets)
     with warnings.catch_warnings():
         # lbfgs may stop at max_iter on separable classes: the coefficients are still the
@@ -114,13 +113,11 @@ def linear_outputs(model, counts, sequences):
     """New samples' predictions: values (n,) of a regressor, class probabilities (n, C)
     of a classifier; and the fraction of each sample's reads in ASVs the model knows."""
     position = {s: i for i, s in enumerate(model.sequences)}
-    columns = np.array([position.get(s, -1) for s in sequences] + [len(model.sequences) - 1])
+    columns = np.array([position.get(s, -1) for s in sequences], dtype=np.int64)
     counts = sp.csr_matrix(counts)
-    # the sentinel column (no reads) makes the output width len(model.sequences) always
-    padded = sp.hstack([counts, sp.csr_matrix((counts.shape[0], 1))]).tocsr()
-    X = log_abundance(padded, columns)
+    X = log_abundance(counts, columns, len(model.sequences))
     depth = np.asarray(counts.sum(axis=1)).ravel()
-    known_reads = np.asarray(counts[:, columns[:-1] >= 0].sum(axis=1)).ravel()
+    known_reads = np.asarray(counts[:, columns >= 0].sum(axis=1)).ravel()
     known = known_reads / np.maximum(depth, 1)
     out = X @ model.coef + model.intercept
     if model.task == 'regression':

@@ -289,7 +289,8 @@ class Trainer:
                 parts = distributed.shards(rows, world)
                 local, global_rows = parts[self.dist.rank], np.concatenate(parts)
                 sizes = [len(part) for part in parts]
-            batch = self.data.make_batch(local, rarefy=rarefy).to(self.device)
+            batch = self.data.make_batch(local, rarefy=rarefy,
+                                         distances=global_rows is None).to(self.device)
             terms, out = self._step_losses(batch, generator, frozen, global_rows=global_rows,
                                            sizes=sizes)
             step_terms = terms
@@ -670,7 +671,7 @@ def predict(model, data, rows=None, batch_size=64, device='cpu', dedupe_table=Tr
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
     embeddings, predictions = [], []
     for chunk in batch_indices(rows, batch_size):
-        batch = data.make_batch(chunk).to(device)
+        batch = data.make_batch(chunk, distances=False).to(device)
         with torch.autocast(**autocast):
             out = model(batch.tokens, batch.asv_index, batch.abundance,
                         asv_vectors=None if vectors is None else vectors[batch.features])
