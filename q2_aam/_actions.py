@@ -152,10 +152,10 @@ def _on_processes(action, views, p):
     import sys
     import tempfile
     import json
+    from .launch import FROM_ACTION, NOT_RESUMABLE
     n = p['processes']
     if p.get('checkpoint_dir'):
-        raise ValueError('checkpoint_dir: a run on several processes cannot be resumed yet; '
-                         'leave checkpoint_dir out, or use processes 1.')
+        raise ValueError(NOT_RESUMABLE)
     with tempfile.TemporaryDirectory(prefix='q2-aam-processes-') as tmp:
         args = [f'--output={tmp}/model']
         for name, view in views.items():
@@ -169,7 +169,7 @@ def _on_processes(action, views, p):
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
                    f'--nproc-per-node={n}', '-m', 'q2_aam.launch', action] + args
         _inputs.note(f'training on {n} processes (torchrun): {" ".join(command[:6])} …')
-        done = subprocess.run(command, env={**os.environ, 'Q2_AAM_LAUNCHED_BY_ACTION': '1'})
+        done = subprocess.run(command, env={**os.environ, FROM_ACTION: '1'})
         if done.returncode != 0:
             raise RuntimeError(f'The {n} training processes failed (exit status '
                                f'{done.returncode}); their messages are above.')
@@ -286,6 +286,12 @@ def pretrain(
         histogram_frequency: int = D['histogram_frequency'],
         processes: int = D['processes'], compile: bool = D['compile']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
+    if (distance_matrix is None) == (phylogeny is None):
+        raise ValueError('Pretraining learns UniFrac distances: give either distance_matrix '
+                         '(a UniFrac DistanceMatrix of these samples) or phylogeny (the rooted '
+                         'tree of these ASVs, from which each batch\'s distances are computed '
+                         'as needed; memory then grows with the table, not its square), '
+                         f"not {'both' if phylogeny is not None else 'neither'}.")
     if processes > 1:
         return _on_processes('pretrain', dict(
             table=table, sequences=sequences, distance_matrix=distance_matrix,
@@ -298,12 +304,6 @@ def pretrain(
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
     seed_everything(p['random_seed'])
-    if (distance_matrix is None) == (phylogeny is None):
-        raise ValueError('Pretraining learns UniFrac distances: give either distance_matrix '
-                         '(a UniFrac DistanceMatrix of these samples) or phylogeny (the rooted '
-                         'tree of these ASVs, from which each batch\'s distances are computed '
-                         'as needed; memory then grows with the table, not its square), '
-                         f"not {'both' if phylogeny is not None else 'neither'}.")
     counts, sample_ids, feature_ids = _inputs.table_parts(table)
     seqs = _inputs.sequences_for(feature_ids, sequences)
     if distance_matrix is not None:
@@ -426,12 +426,11 @@ def fit(
         compile: bool = D['compile']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if processes > 1:
-        given = {k: v for k, v in locals().items() if k in (
-            'freeze_encoder', 'ignore_missing_samples', 'target_weight', 'regression_loss',
-            'max_bp', *ARCHITECTURE) and v is not None}
         return _on_processes('fit', dict(
             table=table, sequences=sequences, metadata=metadata, pretrained=pretrained,
-            distance_matrix=distance_matrix, continue_from=continue_from), {**p, **given})
+            distance_matrix=distance_matrix, continue_from=continue_from),
+            {**p, 'freeze_encoder': freeze_encoder,
+             'ignore_missing_samples': ignore_missing_samples})
     if freeze_encoder and pretrained is None:
         raise ValueError('freeze_encoder keeps a pretrained encoder unchanged, but no '
                          'pretrained encoder was given. Pass --i-pretrained, or leave '
@@ -649,7 +648,6 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
                    for raw in outputs]
     raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
     index = pd.Index(data.sample_ids, name='id')
-    _check_finite(raw.reshape(len(raw), -1).sum(axis=1), index)
     if model.task == 'regression':
         out = raw[:, 0] * model.config['target_std'] + model.config['target_mean']
     else:

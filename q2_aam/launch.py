@@ -20,9 +20,15 @@ import json
 import os
 import sys
 
+from ._types import TASK_OF_TYPE
+
+TYPE_OF_TASK = {task: name for name, task in TASK_OF_TYPE.items()}
+
 
 # set by `qiime aam ... --p-processes N`, which imports the folder itself
 FROM_ACTION = 'Q2_AAM_LAUNCHED_BY_ACTION'
+NOT_RESUMABLE = ('checkpoint_dir: a run on several processes cannot be resumed yet; leave '
+                 'checkpoint_dir out, or use processes 1.')
 
 
 def _read_inputs(args):
@@ -37,13 +43,13 @@ def _read_inputs(args):
     views = {'table': biom.load_table(args.table), 'sequences': pd.Series(seqs)}
     if args.distance_matrix:
         views['distance_matrix'] = skbio.DistanceMatrix.read(args.distance_matrix)
-    if getattr(args, 'phylogeny', None):
+    if args.phylogeny:
         views['phylogeny'] = skbio.TreeNode.read(args.phylogeny)
-    if getattr(args, 'alpha_diversity', None):
+    if args.alpha_diversity:
         alpha = pd.read_csv(args.alpha_diversity, sep='\t', index_col=0, comment=None)
         views['alpha_diversity'] = alpha.iloc[:, 0].astype(float)
     for name in ('pretrained', 'continue_from'):
-        if getattr(args, name, None):
+        if getattr(args, name):
             views[name] = checkpoint.load(getattr(args, name))
     if args.action == 'fit':
         import qiime2
@@ -90,8 +96,7 @@ def run(argv=None):
     params = _parameters(args.set)
     params.pop('processes', None)          # this run is the processes
     if ctx.distributed and params.get('checkpoint_dir'):
-        raise SystemExit('checkpoint_dir: a run on several processes cannot be resumed yet; '
-                         'leave it out.')
+        raise SystemExit(NOT_RESUMABLE)
     if not ctx.main:               # one rank speaks and writes; the others only compute
         params['tensorboard_dir'] = ''
     from . import _actions
@@ -105,17 +110,12 @@ def run(argv=None):
         checkpoint.save(saved, args.output)
         if not os.environ.get(FROM_ACTION):
             print(f'q2-aam: wrote {args.output} (trained on {ctx.world} process'
-              f'{"es" if ctx.world > 1 else ""}); import it with qiime tools import '
-                  f"--type 'AAMModel[{_type_name(saved.task)}]' --input-path {args.output}")
+                  f'{"es" if ctx.world > 1 else ""}); import it with qiime tools import '
+                  f"--type 'AAMModel[{TYPE_OF_TASK[saved.task]}]' --input-path {args.output}")
     if ctx.distributed:
         import torch.distributed as dist
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _type_name(task):
-    return {'encoder': 'AAMEncoder', 'regression': 'AAMRegressor',
-            'classification': 'AAMClassifier'}[task]
 
 
 if __name__ == '__main__':
