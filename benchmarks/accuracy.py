@@ -258,9 +258,24 @@ class AAMVariant:
 
 
 @dataclass
+class ProductVariant:
+    """q2-aam as a user runs it: the shipped `fit` and `predict` (the action functions that
+    `qiime aam fit` calls), with their defaults and any parameters given here; the
+    groups column where a row's subjects repeat, as the README tells users to pass it."""
+    description: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
 class RFVariant:
     description: str
     relative: bool = False        # each sample's counts divided by its reads (depth removed)
+
+
+@dataclass
+class TreeVariant:
+    """fit's tree member alone (q2_aam/engine/trees.py), on the same folds."""
+    description: str
 
 
 @dataclass
@@ -293,11 +308,20 @@ VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
     'rf-relative': RFVariant("the same forest on relative abundance: context for how much of "
                              "its score comes from sequencing depth", relative=True),
+    'tree': TreeVariant("fit's tree member alone: ExtraTrees (500 trees, leaves of 2) on log "
+                        "relative abundance"),
     'linear': LinearVariant("ridge (regression) / logistic regression (classification) on "
                             "log(relative abundance + 1e-5), penalty by inner CV"),
-    'aam': AAMVariant("q2-aam defaults, fit from scratch (no pretraining): 0.25 x the "
-                      "transformer ensemble + 0.75 x the linear half",
-                      **{**DEFAULT, 'pretrain': False}),
+    'aam': ProductVariant("q2-aam as shipped: `fit` with its defaults (the stacked blend of "
+                          "the transformer ensemble, the linear and the tree member; groups "
+                          "where subjects repeat), then `predict`"),
+    'aam-fixed': ProductVariant("the shipped fit with the blend of the last release: 0.25 x "
+                                "the transformer ensemble + 0.75 x the linear half",
+                                dict(blend='fixed', transformer_weight=0.25, linear_weight=0.75,
+                                     tree_weight=0.0)),
+    'aam-linear75': AAMVariant("the last release's default, by the benchmark's own copy of fit: "
+                               "0.25 x the transformer ensemble + 0.75 x the linear half",
+                               **{**DEFAULT, 'pretrain': False}),
     'aam-transformer': AAMVariant("the defaults' transformer ensemble alone (linear_weight "
                                   "0): q2-aam's default before 2026-11-30",
                                   **{**DEFAULT, 'pretrain': False, 'linear_weight': 0.0}),
@@ -490,6 +514,109 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
     return info['first_members'][-1], info
 
 
+THREADS = 0
+
+
+def _views(ds, rows):
+    """A row subset of a data set as the views the actions take (what QIIME 2 hands them)."""
+    import biom
+    import pandas as pd
+    counts = ds.counts[rows]
+    used = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
+    table = biom.Table(counts[:, used].T.tocsr(), [str(f) for f in ds.feature_ids[used]],
+                       [str(s) for s in ds.sample_ids[rows]])
+    seqs = pd.Series({str(ds.feature_ids[i]): ds.sequences[i] for i in used})
+    return table, seqs
+
+
+def _metadata_column(ds, rows, values, name):
+    import pandas as pd
+    import qiime2
+    index = pd.Index([str(s) for s in ds.sample_ids[rows]], name='sample-id')
+    series = pd.Series(values, index=index, name=name)
+    if ds.task == 'regression' or name != ds.target:
+        kind = qiime2.NumericMetadataColumn if series.dtype.kind == 'f' else \
+            qiime2.CategoricalMetadataColumn
+    else:
+        kind = qiime2.CategoricalMetadataColumn
+    return kind(series)
+
+
+def run_product(v, ds, train_rows, test_rows, threads=0):
+    """The shipped fit on the training rows, the shipped predict on the test rows. Also
+    returns (info['derived']) what the stack's members predict: the transformer ensemble
+    alone, and the blend restacked without it (the same stack fitted on the linear and tree
+    members' out-of-fold predictions the model keeps), so that a row says what the
+    transformer adds."""
+    import contextlib
+    import io
+    from q2_aam import _actions
+    from q2_aam.engine import stack as stack_module
+    table, seqs = _views(ds, train_rows)
+    truth = ds.y[train_rows]
+    values = truth.astype(float) if ds.task == 'regression' else \
+        np.asarray(ds.classes, dtype=object)[truth.astype(int)]
+    groups = None
+    if DATASETS.get(ds.name, RAREFIED.get(ds.name, (None,) * 4))[3] is not None:
+        groups = _metadata_column(ds, train_rows, ds.groups[train_rows].astype(str), 'subject')
+    column = _metadata_column(ds, train_rows, values, ds.target)
+    t0 = time.perf_counter()
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
+        model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
+                             threads=threads, **v.params)
+    seconds = time.perf_counter() - t0
+    test_table, test_seqs = _views(ds, test_rows)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        if ds.task == 'regression':
+            pred = _actions.predict(model, test_table, test_seqs, threads=threads).to_numpy()
+        else:
+            probs = _actions.predict_probabilities(model, test_table, test_seqs, threads=threads)
+            pred = _class_matrix(ds, probs)
+    info = {'predict_seconds': time.perf_counter() - t0,
+            'train_samples_per_second': len(train_rows) / seconds,
+            'log': [line for line in log.getvalue().splitlines() if 'stacked blend' in line]}
+    if 'stack' not in model.config:
+        return pred, info
+    stack = model.config['stack']
+    info['weights'] = dict(zip(stack['members'], stack['weights']))
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, members = _actions.member_predictions(model, test_table, test_seqs)
+    derived = {'transformer': members['transformer']}
+    others = [m for m in stack['members'] if m != 'transformer']
+    oof = model.validation
+    if others and 'fold' in oof:
+        oof = oof.loc[[str(s) for s in ds.sample_ids[train_rows]]]
+        if ds.task == 'regression':
+            held = {m: oof[f'prediction:{m}'].to_numpy(float) for m in others}
+            y = oof['truth'].to_numpy(float)
+        else:
+            labels = model.config['labels']
+            held = {m: oof[[f'prob:{m}:{c}' for c in labels]].to_numpy(float)
+                    for m in others}
+            y = oof['truth'].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
+        restacked = stack_module.fit_stack(held, y, ds.task)
+        derived['without-transformer'] = stack_module.apply_stack(
+            restacked, {m: members[m] for m in others})
+    if ds.task != 'regression':      # the model's classes -> the data set's
+        import pandas as pd
+        derived = {name: _class_matrix(ds, pd.DataFrame(out, columns=model.config['labels']))
+                   for name, out in derived.items()}
+    info['derived'] = derived
+    return pred, info
+
+
+def _class_matrix(ds, probabilities):
+    """Probabilities as an (n, classes of the data set) array; a class the training part
+    lacked gets 0."""
+    out = np.zeros((len(probabilities), len(ds.classes)))
+    for c, name in enumerate(ds.classes):
+        if name in probabilities.columns:
+            out[:, c] = probabilities[name].to_numpy(float)
+    return out
+
+
 def _fit_and_predict(est, X, ds, train_rows, test_rows):
     """Fit a scikit-learn estimator on the training rows and predict the test rows
     (class probabilities for classification), timing both."""
@@ -528,6 +655,19 @@ def run_linear(v, ds, train_rows, test_rows):
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred, _ = linear_outputs(model, ds.counts[test_rows], list(ds.sequences))
+    return pred, {'predict_seconds': time.perf_counter() - t0,
+                  'train_samples_per_second': len(train_rows) / seconds}
+
+
+def run_tree(ds, train_rows, test_rows):
+    """fit's tree member alone, fitted on the training rows with fit's default seed."""
+    from q2_aam.engine.trees import fit_trees, tree_outputs
+    t0 = time.perf_counter()
+    model = fit_trees(ds.counts[train_rows], list(ds.sequences), ds.y[train_rows], ds.task,
+                      None if ds.task == 'regression' else len(ds.classes))
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = tree_outputs(model, ds.counts[test_rows], list(ds.sequences))
     return pred, {'predict_seconds': time.perf_counter() - t0,
                   'train_samples_per_second': len(train_rows) / seconds}
 
@@ -576,12 +716,21 @@ def peak_rss_mb():
 def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
     scores, train_s, pred_sps, train_sps, extra, per_sample = [], [], [], [], [], []
+    derived = {}     # the product's members and partial blends, scored on the same folds
     for fold, (tr, te) in splits:
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
             pred, info = run_rf(variant, ds, tr, te, fold)
         elif isinstance(variant, LinearVariant):
             pred, info = run_linear(variant, ds, tr, te)
+        elif isinstance(variant, TreeVariant):
+            pred, info = run_tree(ds, tr, te)
+        elif isinstance(variant, ProductVariant):
+            pred, info = run_product(variant, ds, tr, te, threads=THREADS)
+            for other, other_pred in info.get('derived', {}).items():
+                derived.setdefault(other, []).append(
+                    (score(ds.y[te], other_pred, ds.classes),
+                     prediction_rows(ds, f'{name}:{other}', fold, te, other_pred)))
         else:
             pred, info = run_aam(variant, ds, tr, te, fold, quick=quick, log=log)
         train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
@@ -590,7 +739,8 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         s = score(ds.y[te], pred, ds.classes)
         scores.append(s)
         per_sample += prediction_rows(ds, name, fold, te, pred)
-        extra.append({k: v for k, v in info.items() if k.endswith('epoch') or k == 'epochs_run'})
+        extra.append({k: v for k, v in info.items() if k.endswith('epoch') or k == 'epochs_run'
+                      or k == 'weights'})
         log(f'  {ds.name} {name} fold {fold}: ' +
             ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
             f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
@@ -608,6 +758,16 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     row['peak_mb'] = peak_rss_mb()
     row['train_sps'] = float(np.nanmean(train_sps))
     row['predict_sps'] = float(np.mean(pred_sps))
+    row['derived'] = []
+    for other, folds in derived.items():
+        sub = {'dataset': ds.name, 'target': ds.target, 'model': f'{name}:{other}',
+               'folds': len(folds), 'per_sample': [r for _, rows in folds for r in rows],
+               'train_s': float('nan'), 'peak_mb': float('nan'), 'train_sps': float('nan'),
+               'predict_sps': float('nan')}
+        for k in folds[0][0]:
+            vals = np.array([sc[k] for sc, _ in folds])
+            sub[k] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else 0.0)
+        row['derived'].append(sub)
     return row
 
 
@@ -714,6 +874,8 @@ def main(argv=None):
         return []
     import ast
     import torch
+    global THREADS
+    THREADS = args.threads
     torch.set_num_threads(args.threads)
     overrides = {}
     for item in args.set:
@@ -737,8 +899,12 @@ def main(argv=None):
             if overrides and isinstance(variant, AAMVariant):
                 variant = replace(variant, **overrides)
                 label = name + ' ' + ' '.join(args.set)
+            elif overrides and isinstance(variant, ProductVariant):
+                variant = replace(variant, params={**variant.params, **overrides})
+                label = name + ' ' + ' '.join(args.set)
             print(f'{key}: {label}', flush=True)
-            rows.append(evaluate(label, variant, ds, splits, quick=args.quick))
+            row = evaluate(label, variant, ds, splits, quick=args.quick)
+            rows += [row] + row.pop('derived')
         if '{dataset}' in args.predictions:    # kept even if a later data set fails
             write_predictions(args.predictions.format(dataset=key),
                               [r for r in rows if r['dataset'] == key], args.split_seed)

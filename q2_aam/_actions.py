@@ -14,6 +14,7 @@ import skbio
 
 from . import _inputs
 from .engine import calibration, checkpoint, linear, optim, runstate
+from .engine import folds as folds_module, members as members_module, stack as stack_module
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights, parameter_count
@@ -35,7 +36,8 @@ DEFAULTS = dict(
     random_seed=0, device='auto', threads=0, tensorboard_dir='', checkpoint_dir='',
     histogram_frequency=50, processes=1, compile=False,
     ensemble_size=5,
-    rarefy_depth=2000, calibrate=False, linear_weight=0.75,
+    rarefy_depth=2000, blend='stacked', transformer_weight=1.0, linear_weight=1.0,
+    tree_weight=1.0,
 )
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)
 FIT_NUC_WEIGHT = 0.0
@@ -47,11 +49,10 @@ FIT_VALIDATION_SIZE = 0.0
 # transformer took four fifths of a fit's time and, without pretraining to train it, did not
 # raise accuracy on the two studies the defaults were judged on (benchmarks/results.md)
 FIT_NUCLEOTIDE_LAYERS = 0
-# linear_weight: a fitted model's prediction is 0.25 x the transformer ensemble's plus 0.75 x
-# a ridge / logistic regression on log relative abundance. Chosen leave-one-study-out over
-# six studies: every study's row is reported at the weight the other five chose (0.25 or
-# 0.5 of the transformer), and 0.25 is the choice over all six (benchmarks/results.md,
-# "The linear half")
+# blend: every fitted model is a stack of the transformer ensemble, a linear model and a
+# forest of extremely randomised trees, weighed by their out-of-fold predictions over the user's own training
+# samples (engine/stack.py). The weight fixed on other studies that it replaces could not
+# know which member is good on the user's study.
 D = DEFAULTS
 ARCHITECTURE = ('embedding_dim', 'attention_heads', 'attention_layers', 'nucleotide_layers',
                 'dropout', 'kmer_size')
@@ -159,9 +160,9 @@ def _on_processes(action, views, p):
     with tempfile.TemporaryDirectory(prefix='q2-aam-processes-') as tmp:
         args = [f'--output={tmp}/model']
         for name, view in views.items():
-            if view is not None and name == 'metadata':
-                args += [f'--metadata-file={_export(name, view, tmp)}',
-                         f'--metadata-column={view.name}']
+            if view is not None and name in ('metadata', 'groups'):
+                args += [f'--{name}-file={_export(name, view, tmp)}',
+                         f'--{name}-column={view.name}']
             elif view is not None:
                 args.append(f'--{name.replace("_", "-")}={_export(name, view, tmp)}')
         args += [f'--set={k}={json.dumps(v)}' for k, v in p.items()
@@ -196,7 +197,7 @@ def _export(name, view, folder):
     if name == 'alpha_diversity':
         pd.Series(view).rename('alpha').to_csv(path + '.tsv', sep='\t', index_label='id')
         return path + '.tsv'
-    if name == 'metadata':
+    if name in ('metadata', 'groups'):
         kind = 'numeric' if isinstance(view, qiime2.NumericMetadataColumn) else 'categorical'
         series = view.to_series()
         with open(path + '.tsv', 'w') as fh:
@@ -207,11 +208,12 @@ def _export(name, view, folder):
     return path
 
 
-def _start_checkpoints(p, action, data, pretrained=None):
+def _start_checkpoints(p, action, data, pretrained=None, groups=None):
     """With a checkpoint_dir: create it, or check that it holds this same run."""
     if not p.get('checkpoint_dir'):
         return
     record = {'action': action, 'data': runstate.fingerprint(data),
+              'groups': None if groups is None else [str(g) for g in groups],
               'pretrained': None if pretrained is None else runstate.fingerprint_state(
                   pretrained.state_dict),
               **{k: v for k, v in sorted(p.items()) if k not in NOT_FINGERPRINTED}}
@@ -250,11 +252,21 @@ def _training_record(p, settings, samples, extra=None):
     return record
 
 
-def _split(data, validation_size, seed, stratify=None):
+def _split(data, validation_size, seed, stratify=None, groups=None):
     """Training and validation rows, drawn and announced once per action: an ensemble's
-    members all train on this split."""
-    train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
-                                         seed=seed)
+    members all train on this split. With groups, whole groups are held out."""
+    if groups is not None and validation_size:
+        k = max(2, int(round(1 / validation_size)))
+        try:
+            fit_rows, held = folds_module.cross_fit_folds(len(data), k, stratify=stratify,
+                                                          groups=groups, seed=seed)[0]
+        except folds_module.FoldError as e:
+            raise ValueError(f'validation_size {validation_size:g} holds out whole groups: '
+                             f'{e} Lower validation_size, or set it to 0.') from None
+        train_rows, val_rows = np.sort(fit_rows), np.sort(held)
+    else:
+        train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
+                                             seed=seed)
     held_out = (f'validating on {len(val_rows)}' if len(val_rows) else
                 'no validation split (every sample, every epoch)')
     _inputs.note(f'training on {len(train_rows)} samples, {held_out}; '
@@ -342,36 +354,49 @@ def pretrain(
                          'computed per batch from the phylogeny (unweighted UniFrac)'})
 
 
-def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None,
-           cross_fitted=None, linear_half=None):
+def _saved(cfg, p, settings, results, sample_ids, labels=None, extra=None, stack=None,
+           members=None, out_of_fold=None, continued=None):
     """One SavedModel from one training run, or from an ensemble's runs (one per member).
-    ``cross_fitted``: (calibration, out-of-fold table) of a calibrated classifier;
-    ``linear_half``: the LinearModel averaged with the transformer at p['linear_weight']."""
+    ``stack``: the blend's weights (None: an encoder, or a continued model from before
+    stacking, which keeps its linear weight); ``members``: the linear and tree members;
+    ``out_of_fold``: the stack's out-of-fold table, kept as the validation rows when no
+    validation split was held out; ``continued``: the model a fit went on from."""
     first = results[0]
+    members = members or {}
+    linear_half, tree = members.get('linear'), members.get('tree')
+    if stack is not None:
+        share = dict(zip(stack.members, stack.weights)).get('linear', 0.0)
+    elif linear_half is not None:                    # continued from before stacking
+        share = continued.config['linear']['weight']
+    legacy_calibration = None if continued is None or stack is not None else \
+        continued.config.get('calibration')
     config = checkpoint.make_config(
         cfg, p['max_asvs'], p['max_bp'], labels=labels,
         training=_training_record(p, settings, len(sample_ids), extra),
         target_mean=first.target_mean, target_std=first.target_std,
         extra={'best_epoch': first.best_epoch, 'epochs_run': first.epochs_run,
-               'ensemble_size': len(results),
-               'calibration': cross_fitted[0] if cross_fitted else None,
+               'ensemble_size': len(results), 'calibration': legacy_calibration,
                'linear': None if linear_half is None else checkpoint.linear_config(
-                   linear_half, p['linear_weight'])})
+                   linear_half, share),
+               **({} if stack is None else {'stack': stack.to_config()})})
     if len(results) == 1:
-        return SavedModel(config, first.state_dict, first.history, first.validation,
-                          first.tensorboard, linear=linear_half)
+        validation = first.validation
+        if out_of_fold is not None and not len(validation):
+            validation = out_of_fold
+        return SavedModel(config, first.state_dict, first.history, validation,
+                          first.tensorboard, linear=linear_half, tree=tree)
     # an ensemble: each member's epochs and validation rows, told apart by a member column
     config.update(best_epoch=[r.best_epoch for r in results],
                   epochs_run=[r.epochs_run for r in results])
     history = pd.concat([r.history.assign(member=i) for i, r in enumerate(results)],
                         ignore_index=True)
     validation = pd.concat([r.validation.assign(member=i) for i, r in enumerate(results)])
-    if cross_fitted and not len(validation):   # no validation split: show the honest rows
-        validation = cross_fitted[1]
+    if out_of_fold is not None and not len(validation):   # no validation split: the honest rows
+        validation = out_of_fold
     tensorboard = {f'member-{i}/{path}': content for i, r in enumerate(results)
                    for path, content in r.tensorboard.items()}
     return SavedModel(config, checkpoint.pack_members([r.state_dict for r in results]),
-                      history, validation, tensorboard, linear=linear_half)
+                      history, validation, tensorboard, linear=linear_half, tree=tree)
 
 
 def _architecture(p, pretrained, kind='encoder'):
@@ -401,7 +426,7 @@ def _architecture(p, pretrained, kind='encoder'):
 def fit(
         table: biom.Table, sequences: pd.Series, metadata: qiime2.MetadataColumn,
         pretrained: SavedModel = None, distance_matrix: skbio.DistanceMatrix = None,
-        continue_from: SavedModel = None,
+        continue_from: SavedModel = None, groups: qiime2.CategoricalMetadataColumn = None,
         freeze_encoder: bool = False, ignore_missing_samples: bool = False,
         target_weight: float = D['target_weight'], regression_loss: str = D['regression_loss'],
         max_bp: int = None, embedding_dim: int = None, attention_heads: int = None,
@@ -421,14 +446,15 @@ def fit(
         checkpoint_dir: str = D['checkpoint_dir'],
         histogram_frequency: int = D['histogram_frequency'],
         ensemble_size: int = D['ensemble_size'],
-        rarefy_depth: int = D['rarefy_depth'], calibrate: bool = D['calibrate'],
-        linear_weight: float = D['linear_weight'], processes: int = D['processes'],
-        compile: bool = D['compile']) -> SavedModel:
+        rarefy_depth: int = D['rarefy_depth'], blend: str = D['blend'],
+        transformer_weight: float = D['transformer_weight'],
+        linear_weight: float = D['linear_weight'], tree_weight: float = D['tree_weight'],
+        processes: int = D['processes'], compile: bool = D['compile']) -> SavedModel:
     p = {k: v for k, v in locals().items() if k in DEFAULTS}
     if processes > 1:
         return _on_processes('fit', dict(
             table=table, sequences=sequences, metadata=metadata, pretrained=pretrained,
-            distance_matrix=distance_matrix, continue_from=continue_from),
+            distance_matrix=distance_matrix, continue_from=continue_from, groups=groups),
             {**p, 'freeze_encoder': freeze_encoder,
              'ignore_missing_samples': ignore_missing_samples})
     if freeze_encoder and pretrained is None:
@@ -454,6 +480,7 @@ def fit(
                                      what='table with a metadata value')
     counts, sample_ids = _inputs.select_samples(counts, sample_ids, keep)
     values = values.reindex(sample_ids)
+    group_of = None if groups is None else _inputs.group_values(groups, sample_ids)
     labels, stratify = None, None
     if classification:
         _inputs.note_numeric_looking(values, metadata.name)
@@ -476,62 +503,166 @@ def fit(
         settings.target_scale = target_scale(targets) if continue_from is None else (
             continue_from.config['target_mean'], continue_from.config['target_std'])
     train_rows, val_rows = _split(data, p['validation_size'], p['random_seed'],
-                                  stratify=stratify)
-    cross_fit = classification and p['calibrate'] and p['ensemble_size'] > 1
-    if p['calibrate'] and not classification:
-        _inputs.note('no calibration: calibrate applies to classifiers, and this fit '
-                     'predicts a number.')
-    elif p['calibrate'] and not cross_fit:
-        _inputs.note('no calibration: it is fitted to the out-of-fold predictions of an '
-                     'ensemble\'s members, and ensemble_size is 1.')
-    if cross_fit:   # member m fits all training rows but fold m, then predicts fold m
-        folds = [(train_rows[fit], train_rows[held]) for fit, held in
-                 calibration.cross_fit_folds(len(train_rows), p['ensemble_size'],
-                                             stratify=targets[train_rows],
-                                             seed=p['random_seed'])]
-    linear_half = _fit_linear_half(p, counts, seqs, targets, cfg, continue_from,
-                                   train_rows)
-    _start_checkpoints(p, 'fit', data, pretrained)
+                                  stratify=stratify, groups=group_of)
+    folds = _member_folds(p, continue_from, train_rows, stratify, group_of)
+    _start_checkpoints(p, 'fit', data, pretrained, groups=group_of)
     results, held_out = [], []
     for member in range(p['ensemble_size']):
-        rows = (folds[member][0] if cross_fit else train_rows), val_rows
+        rows = (train_rows if folds is None else folds[member][0]), val_rows
         start = None if continue_from is None else continue_from.member_states()[member]
         results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
                                    class_names=labels, start=start))
-        if cross_fit:
+        if folds is not None:
             held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
                                               p['device']))
+    stack, fitted, table_oof = _blend(p, cfg, data, counts, seqs, targets, train_rows, folds,
+                                      held_out, continue_from, labels, group_of,
+                                      settings.target_scale)
     return _saved(cfg, p, settings, results, sample_ids, labels=labels,
                   extra={'target_column': metadata.name, 'pretrained': pretrained is not None,
                          'freeze_encoder': freeze_encoder,
-                         'continued': continue_from is not None},
-                  cross_fitted=_calibrate(data, folds, held_out, labels) if cross_fit else None,
-                  linear_half=linear_half)
+                         'continued': continue_from is not None,
+                         'groups': None if groups is None else groups.name},
+                  stack=stack, members=fitted, out_of_fold=table_oof, continued=continue_from)
 
 
-def _fit_linear_half(p, counts, seqs, targets, cfg, continue_from, train_rows):
-    """The linear half and its weight, or None (weight 0). A continued model keeps the
-    linear half it had: the transformer goes on learning from the new samples, and the
-    linear half is refitted only by a new fit."""
-    if continue_from is not None:
-        previous = continue_from.linear
-        if previous is not None:
-            p['linear_weight'] = continue_from.config['linear']['weight']
-            _inputs.note(f"the linear half of the model continued is kept as it was (weight "
-                         f"{p['linear_weight']:g}); a new fit refits it.")
-        else:
-            p['linear_weight'] = 0.0
-        return previous
-    if not p['linear_weight']:
+def _member_folds(p, continue_from, train_rows, stratify, group_of):
+    """The folds the transformer members are cross-fitted on (member m fits all but fold m
+    and predicts fold m), or None: a fixed blend, a continued model or a single member train
+    every member on every training sample."""
+    if p['blend'] != 'stacked' or continue_from is not None or p['ensemble_size'] < 2:
         return None
-    half = linear.fit_linear(counts[train_rows], seqs, targets[train_rows], cfg.task,
-                             cfg.n_outputs if cfg.task == 'classification' else None)
-    penalty = 'alpha' if cfg.task == 'regression' else 'C'
-    _inputs.note(f"linear half: {'ridge' if cfg.task == 'regression' else 'logistic'} "
-                 f'regression on {len(half.sequences)} ASVs, penalty {penalty} '
-                 f'{half.penalty:.3g} chosen by cross-validation; weight '
-                 f"{p['linear_weight']:g} of each prediction.")
-    return half
+    try:
+        found = folds_module.cross_fit_folds(
+            len(train_rows), p['ensemble_size'],
+            stratify=None if stratify is None else stratify[train_rows],
+            groups=None if group_of is None else group_of[train_rows], seed=p['random_seed'])
+    except folds_module.FoldError as e:
+        raise ValueError(f'The stacked blend deals the training samples into one fold per '
+                         f'ensemble member ({p["ensemble_size"]}), keeping groups whole: {e} '
+                         'Lower ensemble_size, or use blend fixed.') from None
+    grouped = '' if group_of is None else ', whole groups kept together'
+    _inputs.note(f'each of the {len(found)} transformer members fits all training samples '
+                 f'but one fold and predicts that fold ({len(found)} folds{grouped}).')
+    return [(train_rows[fit], train_rows[held]) for fit, held in found]
+
+
+def _blend(p, cfg, data, counts, seqs, targets, train_rows, folds, held_out, continue_from,
+           labels, group_of, scale):
+    """The stack (weights and calibrations), the linear and tree members fitted on every
+    training sample, and the out-of-fold table (None without folds)."""
+    task, n_classes = cfg.task, (cfg.n_outputs if cfg.task == 'classification' else None)
+    if continue_from is not None:
+        return _continued_blend(continue_from)
+    chosen = {'transformer': p['transformer_weight'], 'linear': p['linear_weight'],
+              'tree': p['tree_weight']}
+    names = [m for m in stack_module.MEMBERS if chosen[m] > 0]
+    local = None if folds is None else _local_folds(folds, train_rows)
+    others = [m for m in names if m != 'transformer']
+    fitted, oof = members_module.fit_members(
+        others, counts[train_rows], seqs, targets[train_rows], task, n_classes, folds=local,
+        seed=p['random_seed'])
+    for m in others:
+        _inputs.note(_member_note(m, fitted[m], task))
+    if p['blend'] == 'fixed':
+        return stack_module.fixed_stack(chosen, task), fitted, None
+    if folds is None:
+        why = ('an ensemble of one transformer has no out-of-fold predictions'
+               if p['ensemble_size'] < 2 else 'no folds')
+        _inputs.note(f'equal weights for {", ".join(names)}: {why} (ensemble_size 2 or '
+                     'more lets the training samples choose the weights).')
+        return stack_module.equal_stack(names, task, why), fitted, None
+    # the transformer members' held-out rows, back in training-row order
+    order = np.argsort(np.concatenate([held for _, held in folds]))
+    oof = dict(oof or {})
+    transformer = np.concatenate(held_out)[order]
+    if task == 'regression':
+        mean, std = scale
+        oof['transformer'] = transformer[:, 0] * std + mean
+    else:
+        oof['transformer'] = class_probabilities(transformer)
+    truth = targets[train_rows]
+    stack = stack_module.fit_stack({m: oof[m] for m in names}, truth, task, folds=len(folds),
+                                   grouped=group_of is not None)
+    _announce(stack)
+    return stack, fitted, _out_of_fold_table(data, train_rows, stack, oof, truth, labels,
+                                             folds)
+
+
+def _local_folds(folds, train_rows):
+    """Folds as positions within the training rows."""
+    position = {r: i for i, r in enumerate(train_rows)}
+    return [(np.array([position[r] for r in fit]), np.array([position[r] for r in held]))
+            for fit, held in folds]
+
+
+def _member_note(name, member, task):
+    if name == 'linear':
+        kind = 'ridge' if task == 'regression' else 'logistic'
+        penalty = 'alpha' if task == 'regression' else 'C'
+        return (f'linear member: {kind} regression on {len(member.sequences)} ASVs, penalty '
+                f'{penalty} {member.penalty:.3g} chosen by cross-validation.')
+    return (f'tree member: an ExtraTrees forest of {len(member.roots)} trees on '
+            f'{len(member.sequences)} ASVs.')
+
+
+def _announce(stack):
+    """The fit log's account of the stack: each member's out-of-fold score and weight."""
+    record = stack.out_of_fold
+    metric = 'r2' if stack.task == 'regression' else 'accuracy'
+    second = 'mse' if stack.task == 'regression' else 'log_loss'
+    lines = [f'{m}: out-of-fold {metric} {record["scores"][m][metric]:.3f}, {second} '
+             f'{record["scores"][m][second]:.3g}, weight {w:.2f}'
+             for m, w in zip(stack.members, stack.weights)]
+    blend = record['scores']['blend']
+    _inputs.note(f'stacked blend from {record["samples"]} out-of-fold predictions '
+                 f'({record["folds"]} folds{", grouped" if record["grouped"] else ""}; '
+                 f'weights pulled {record["shrinkage"]:.0%} toward equal): ' + '; '.join(lines)
+                 + f'; the blend: {metric} {blend[metric]:.3f}, {second} {blend[second]:.3g}.')
+
+
+def _out_of_fold_table(data, train_rows, stack, oof, truth, labels, folds):
+    """One row per training sample: the truth, the blend's and each member's out-of-fold
+    prediction (a classifier's as class probabilities), and the fold that held it out."""
+    index = pd.Index(data.sample_ids[train_rows], name='sample-id')
+    blend = stack_module.apply_stack(stack, {m: oof[m] for m in stack.members})
+    fold_of = np.empty(len(data), np.int64)
+    for f, (_, held) in enumerate(folds):
+        fold_of[held] = f
+    if stack.task == 'regression':
+        table = pd.DataFrame({'truth': truth.astype(float), 'prediction': blend}, index=index)
+        for m in stack_module.MEMBERS:
+            if m in oof:
+                table[f'prediction:{m}'] = oof[m]
+    else:
+        names = np.asarray(labels, dtype=object)
+        table = pd.DataFrame({'truth': names[truth.astype(int)],
+                              'prediction': names[blend.argmax(1)]}, index=index)
+        for c, name in enumerate(labels):
+            table[f'prob:{name}'] = blend[:, c]
+        for m in stack_module.MEMBERS:
+            if m in oof:
+                for c, name in enumerate(labels):
+                    table[f'prob:{m}:{name}'] = oof[m][:, c]
+    table['fold'] = fold_of[train_rows]
+    return table.sort_index()
+
+
+def _continued_blend(previous):
+    """A continued model keeps its blend: the transformers go on learning from the new
+    samples, and the other members and the weights are refitted only by a new fit."""
+    if 'stack' not in previous.config:
+        weight = previous.config['linear']['weight'] if previous.linear is not None else 0.0
+        _inputs.note(f'the blend of the model continued is kept as it was (linear weight '
+                     f'{weight:g}); a new fit refits it.')
+        return None, {'linear': previous.linear} if previous.linear is not None else {}, None
+    stack = stack_module.Stack.from_config(previous.config['stack'], previous.task)
+    _inputs.note('the blend of the model continued is kept as it was (weights ' + ', '.join(
+        f'{m} {w:.2f}' for m, w in zip(stack.members, stack.weights)) + '); a new fit '
+        'refits it.')
+    fitted = {m: getattr(previous, m) for m in ('linear', 'tree')
+              if getattr(previous, m) is not None}
+    return stack, fitted, None
 
 
 def _held_out_outputs(cfg, result, data, rows, device):
@@ -539,29 +670,6 @@ def _held_out_outputs(cfg, result, data, rows, device):
     model = AAM(cfg)
     model.load_state_dict(result.state_dict)
     return engine_predict(model, data, rows=rows, device=resolve_device(device))['prediction']
-
-
-def _calibrate(data, folds, held_out, labels):
-    """The temperature and class biases fitted to the out-of-fold outputs, and those
-    outputs, calibrated, as a validation table (one row per training sample)."""
-    rows = np.concatenate([held for _, held in folds])
-    raw = np.concatenate(held_out)
-    truth = data.targets[rows].astype(int)
-    fitted = calibration.fit_class_calibration(raw, truth, len(labels))
-    probabilities = class_probabilities(calibration.apply_class_calibration(raw, fitted))
-    before = float((raw.argmax(1) == truth).mean())
-    after = float((probabilities.argmax(1) == truth).mean())
-    fitted.update(out_of_fold_samples=len(rows), out_of_fold_accuracy=before,
-                  calibrated_accuracy=after)
-    _inputs.note(f'calibrated on {len(rows)} out-of-fold predictions: accuracy {before:.3f} '
-                 f'before, {after:.3f} after; temperature {fitted["temperature"]:.2f}.')
-    names = np.asarray(labels, dtype=object)
-    table = pd.DataFrame({'truth': names[truth], 'prediction': names[probabilities.argmax(1)]},
-                         index=pd.Index(data.sample_ids[rows], name='sample-id'))
-    for c, name in enumerate(labels):
-        table[f'prob:{name}'] = probabilities[:, c]
-    table['member'] = np.repeat(np.arange(len(folds)), [len(held) for _, held in folds])
-    return fitted, table.sort_index()
 
 
 def _check_continuation(previous, pretrained, classification, p, freeze_encoder):
@@ -652,22 +760,60 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
         out = raw[:, 0] * model.config['target_std'] + model.config['target_mean']
     else:
         out = class_probabilities(raw)
-    if model.linear is not None:
+    if 'stack' in model.config:
+        out = _stacked(model, out, counts, seqs, index)
+    elif model.linear is not None:        # a model fitted before stacking: as it predicted
         out = _with_linear_half(model, out, counts, seqs, index)
     _check_finite(out.reshape(len(out), -1).sum(axis=1), index)
     return index, out
+
+
+def member_predictions(model: SavedModel, table, sequences, batch_size=64, device='cpu'):
+    """Each member's predictions of a stacked model (values, or class probabilities), by
+    member name: what the blend weighs. For benchmarks and for reading a model."""
+    counts, sample_ids, feature_ids = _inputs.table_parts(table)
+    seqs = _inputs.sequences_for(feature_ids, sequences)
+    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
+                              model.config['max_asvs'], model.config['max_bp'])
+    outputs = [engine_predict(member, data, batch_size=batch_size,
+                              device=resolve_device(device))['prediction']
+               for member in model.build_models()]
+    raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
+    out = {'transformer': raw[:, 0] * model.config['target_std'] + model.config['target_mean']
+           if model.task == 'regression' else class_probabilities(raw)}
+    for name in ('linear', 'tree'):
+        if getattr(model, name) is not None:
+            out[name] = members_module.member_outputs(name, getattr(model, name), counts, seqs)
+    return pd.Index(data.sample_ids, name='id'), out
+
+
+def _stacked(model, transformer, counts, seqs, index):
+    """The stack's blend of the transformer ensemble and the other members."""
+    stack = stack_module.Stack.from_config(model.config['stack'], model.task)
+    outputs = {'transformer': transformer}
+    for name in stack.members:
+        if name != 'transformer':
+            outputs[name] = members_module.member_outputs(name, getattr(model, name), counts,
+                                                          seqs)
+    if model.linear is not None:
+        _warn_unknown(index, linear.linear_outputs(model.linear, counts, seqs)[1])
+    return stack_module.apply_stack(stack, outputs)
+
+
+def _warn_unknown(index, known):
+    unknown = index[known == 0]
+    if len(unknown):
+        _inputs.warn(f'{len(unknown)} of {len(index)} samples share no ASV (by sequence) with '
+                     f'the samples the model was fitted on: {_inputs.preview(unknown)}. The '
+                     'linear and tree members predict the training mean (or class shares) '
+                     'for them; only the transformer reads their sequences.')
 
 
 def _with_linear_half(model, transformer, counts, seqs, index):
     """The weighted average of the transformer's predictions and the linear half's."""
     weight = model.config['linear']['weight']
     half, known = linear.linear_outputs(model.linear, counts, seqs)
-    unknown = index[known == 0]
-    if len(unknown):
-        _inputs.warn(f'{len(unknown)} of {len(index)} samples share no ASV (by sequence) with '
-                     f'the samples the model was fitted on: {_inputs.preview(unknown)}. The '
-                     'linear half predicts the training mean (or class shares) for them; '
-                     'only the transformer reads their sequences.')
+    _warn_unknown(index, known)
     return (1 - weight) * transformer + weight * half
 
 

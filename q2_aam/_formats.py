@@ -40,6 +40,15 @@ class AAMTableFormat(model.TextFileFormat):
             raise ValidationError(f'{self.path.name} has no tab-separated header line.')
 
 
+class AAMTreeFormat(model.BinaryFileFormat):
+    """tree.npz: the tree member's nodes, a zip archive of plain arrays."""
+
+    def _validate_(self, level):
+        with self.open() as fh:
+            if fh.read(4) != b'PK\x03\x04':
+                raise ValidationError('tree.npz is not a numpy array archive (a zip archive).')
+
+
 class TensorBoardEventsFormat(model.BinaryFileFormat):
     """A TensorBoard event file; read only by TensorBoard, so not inspected here."""
 
@@ -53,6 +62,7 @@ class AAMModelDirFmt(model.DirectoryFormat):
     history = model.File('history.tsv', format=AAMTableFormat)
     validation = model.File('validation.tsv', format=AAMTableFormat)
     linear = model.File('linear.tsv', format=AAMTableFormat, optional=True)
+    tree = model.File('tree.npz', format=AAMTreeFormat, optional=True)
     tensorboard = model.FileCollection(r'tensorboard/.+', format=TensorBoardEventsFormat,
                                        optional=True)
 

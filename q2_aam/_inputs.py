@@ -209,3 +209,19 @@ def alpha_values(alpha, sample_ids):
             f'{len(missing)} of {len(sample_ids)} samples have no alpha-diversity value: '
             f'{preview(missing)}. Compute alpha diversity from the same table.')
     return alpha.reindex(sample_ids).to_numpy(np.float64)
+
+
+def group_values(column, sample_ids):
+    """Each sample's group (subject) as an array in sample order; a sample without one is
+    an error, since it could land on both sides of a split."""
+    series = column.to_series()
+    series.index = series.index.astype(str)
+    present = series.reindex(sample_ids)
+    missing = present[present.isna() | (present.astype(str).str.strip() == '')].index.tolist()
+    if missing:
+        raise ValueError(
+            f'{len(missing)} of {len(sample_ids)} samples have no value in the groups column '
+            f'{column.name!r}: {preview(missing)}. Every sample needs a group, or it could be '
+            'on both sides of a split: fill the column in (a sample of its own can be its '
+            'own group), or filter those samples out first.')
+    return present.astype(str).to_numpy(dtype=object)

@@ -54,11 +54,27 @@ def _figure(model: SavedModel, table):
 
 
 def out_of_fold(model: SavedModel):
-    """Whether the validation rows are a calibrated classifier's out-of-fold predictions
-    (fit stores them there when it holds no validation split out)."""
+    """Whether the validation rows are the stack's out-of-fold predictions (fit stores them
+    there when it holds no validation split out), or a model of the release before stacking
+    that calibrated cross-fitted members."""
     config = model.config
-    return bool(config.get('calibration')) and \
-        not config.get('training', {}).get('validation_size')
+    if config.get('training', {}).get('validation_size'):
+        return False
+    return 'fold' in model.validation or bool(config.get('calibration'))
+
+
+def member_rows(model: SavedModel):
+    """(name, weight, score, loss) of each member of the stack and of the blend."""
+    stack = model.config.get('stack') or {}
+    scores = (stack.get('out_of_fold') or {}).get('scores')
+    if not scores:
+        return [], '', ''
+    metric, loss = ('r2', 'mse') if model.task == 'regression' else ('accuracy', 'log_loss')
+    rows = [(m, f'{w:.3f}', f'{scores[m][metric]:.3f}', f'{scores[m][loss]:.4g}')
+            for m, w in zip(stack['members'], stack['weights'])]
+    rows.append(('the blend', '1.000', f'{scores["blend"][metric]:.3f}',
+                 f'{scores["blend"][loss]:.4g}'))
+    return rows, metric, loss
 
 
 def plot_validation(output_dir: str, model: SavedModel) -> None:
@@ -71,7 +87,10 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
         title = TITLES[model.task]
         if cross_fitted:
             title = ('Confusion matrix of the out-of-fold predictions (each training sample '
-                     'predicted by the ensemble member that did not fit it, calibrated)')
+                     'predicted by the members that did not fit it, blended)'
+                     if model.task == 'classification' else
+                     'Predicted against true values of the out-of-fold predictions (each '
+                     'training sample predicted by the members that did not fit it, blended)')
         elif model.ensemble_size > 1:
             title += f' (the {model.ensemble_size} ensemble members\' predictions averaged)'
         figures.append(('validation', title))
@@ -96,6 +115,7 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
     summary += [(name, f'{value:.4f}' if isinstance(value, float) else value)
                 for name, value in scores.items()]
     last = history.tail(1).T.iloc[:, 0] if len(history) else pd.Series(dtype=float)
+    members, member_metric, member_loss = member_rows(model)
     template = importlib.resources.files('q2_aam') / 'assets' / 'index.html'
     with importlib.resources.as_file(template) as path:     # renders to output_dir/index.html
         q2templates.render(str(path), output_dir, context={
@@ -104,6 +124,8 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
             'out_of_fold': cross_fitted,
             'summary': [(html.escape(str(k)), html.escape(str(v))) for k, v in summary],
             'figures': figures,
+            'members': [tuple(html.escape(str(x)) for x in row) for row in members],
+            'member_metric': member_metric, 'member_loss': member_loss,
             'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)
                            for k, v in last.items()],
         })

@@ -55,6 +55,9 @@ def _read_inputs(args):
         import qiime2
         views['metadata'] = qiime2.Metadata.load(args.metadata_file).get_column(
             args.metadata_column)
+        if args.groups_file:
+            views['groups'] = qiime2.Metadata.load(args.groups_file).get_column(
+                args.groups_column)
     return views
 
 
@@ -85,6 +88,8 @@ def run(argv=None):
     p.add_argument('--continue-from', help='an exported fitted model folder (fit)')
     p.add_argument('--metadata-file', help='metadata.tsv (fit)')
     p.add_argument('--metadata-column', help='the column to predict (fit)')
+    p.add_argument('--groups-file', help='metadata.tsv with each sample\'s subject (fit)')
+    p.add_argument('--groups-column', help='the column naming the subjects (fit)')
     p.add_argument('--output', required=True, help='the model folder to write (rank 0)')
     p.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
                    help='an action parameter, as `qiime aam ACTION --help` names it')

@@ -18,8 +18,8 @@ from q2_sample_classifier import ClassifierPredictions, Probabilities, Regressor
 
 from . import __version__, _examples
 from ._actions import DEFAULTS, FIT_ARCHITECTURE, fit, predict, predict_probabilities, pretrain
-from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMWeightsFormat,
-                       TensorBoardEventsFormat)
+from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMTreeFormat,
+                       AAMWeightsFormat, TensorBoardEventsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
 from ._visualizers import plot_validation
 from .engine.optim import OPTIMIZERS, SCHEDULERS
@@ -99,8 +99,11 @@ fitting = {
     'ignore_missing_samples': Bool,
     'ensemble_size': _upto(1, 20),
     'rarefy_depth': _upto(0, 10 ** 9),
-    'calibrate': Bool,
-    'linear_weight': _upto(0.0, 1.0, Float),
+    'blend': Str % Choices(['stacked', 'fixed']),
+    'transformer_weight': Float % Range(0.0, 1000.0, inclusive_start=False,
+                                        inclusive_end=True),
+    'linear_weight': _upto(0.0, 1000.0, Float),
+    'tree_weight': _upto(0.0, 1000.0, Float),
 }
 prediction = {
     'batch_size': _upto(1, 100_000),
@@ -185,8 +188,8 @@ descriptions = {
                        'outliers).',
     'ensemble_size': 'Train this many models, each with its own seed (random_seed, '
                      'random_seed + 1, ...) and so its own initial weights, batch order '
-                     'and read subsampling, on the same samples (with calibrate, each '
-                     'classifier member on all but its own fold), and average their '
+                     'and read subsampling (with the stacked blend, each on all training '
+                     'samples but its own fold), and average their '
                      'predictions. Each model costs a full training run; averaging '
                      'reduces the run-to-run variance that small studies suffer from (see '
                      'benchmarks/results.md). 1 = a single model.',
@@ -195,27 +198,31 @@ descriptions = {
                     'augmentation: rare ASVs come and go between epochs, so the model '
                     'cannot lean on any one of them. Samples with fewer reads are used '
                     'whole; validation and prediction read every read.',
-    'calibrate': 'Classifiers with ensemble_size of at least 2: deal the training '
-                 'samples into one fold per member (stratified by class); each member '
-                 'fits all folds but its own and predicts that one, and a temperature '
-                 'and one bias per class fitted to those out-of-fold predictions are '
-                 'applied to every prediction. Without a validation split the out-of-fold '
-                 'predictions become the model\'s validation rows, so plot-validation '
-                 'shows a confusion matrix of samples each member did not fit. Off by '
-                 'default: each member fits fewer samples, which cost accuracy on '
-                 'moving-pictures (benchmarks/results.md). Regressors are not calibrated.',
-    'linear_weight': 'Share of each prediction that comes from a penalised linear model on '
-                     'log relative abundance (ridge regression for a number, logistic '
-                     'regression for a class; the penalty chosen by cross-validation inside '
-                     'the training samples), fitted alongside the transformers and stored in '
-                     'the model (linear.tsv: one coefficient per ASV sequence). The rest comes '
-                     'from the transformer ensemble; 0 = the transformers alone, 1 = the '
-                     'linear model alone. The default was chosen leave-one-study-out over '
-                     'six studies: with the transformers alone q2-aam was behind the random '
-                     'forest on two regression targets (benchmarks/results.md).',
+    'blend': 'How the members of the model are combined: its transformer ensemble, a '
+             'penalised linear model on log relative abundance (ridge or logistic '
+             'regression) and a random forest. stacked (recommended): every member predicts '
+             'each training sample once from a fit that did not see it (the transformer '
+             'members are cross-fitted, one fold each; with groups, whole groups per fold), '
+             'and those out-of-fold predictions choose non-negative weights summing to 1 '
+             '(pulled toward equal weights on small studies; a classifier\'s members and '
+             'blend are calibrated on them too). The fit log, the model and plot-validation '
+             'show each member\'s out-of-fold score and weight. fixed: the weights are '
+             'transformer_weight, linear_weight and tree_weight, scaled to sum to 1, and '
+             'every transformer member fits every training sample.',
+    'transformer_weight': 'With blend fixed, the transformer ensemble\'s weight (relative '
+                          'to the others). The transformer is always part of the model.',
+    'linear_weight': 'With blend fixed, the linear member\'s weight (relative to the '
+                     'others). 0 leaves the linear member out, with either blend.',
+    'tree_weight': 'With blend fixed, the random forest\'s weight (relative to the others). '
+                   '0 leaves the forest out, with either blend.',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }
+GROUPS_DESCRIPTION = (
+    'Optional categorical column naming each sample\'s subject (a person, a mouse, a site '
+    'sampled repeatedly). Folds then keep all samples of a subject on one side, so the '
+    'stack is weighed on how well members predict new subjects, not how well they recognise '
+    'known ones. Give it whenever subjects repeat. Every sample needs a value.')
 fit_architecture_descriptions = {
     k: descriptions[k] + ' Default: the pretrained encoder\'s, else ' +
     str(FIT_ARCHITECTURE.get(k, D[k])) + '.' for k in architecture}
@@ -278,7 +285,8 @@ plugin.methods.register_function(
     inputs={**inputs_common, 'pretrained': AAMModel[AAMEncoder],
             'distance_matrix': DistanceMatrix,
             'continue_from': AAMModel[AAMRegressor | AAMClassifier]},
-    parameters={'metadata': MetadataColumn[T_column], **training, **architecture, **fitting},
+    parameters={'metadata': MetadataColumn[T_column], 'groups': MetadataColumn[Categorical],
+                **training, **architecture, **fitting},
     outputs=[('model', T_model)],
     input_descriptions={
         **input_descriptions_common,
@@ -296,6 +304,7 @@ plugin.methods.register_function(
         'metadata': 'The metadata column to predict: a numeric column gives a regressor, a '
                     'categorical column a classifier. Samples without a value are left '
                     'out with a note.',
+        'groups': GROUPS_DESCRIPTION,
         **{k: descriptions[k] for k in training},
         'validation_size': descriptions['validation_size'] + ' fit\'s default is 0: on '
                            'small studies, early stopping on a fifth of the samples stopped '
@@ -309,8 +318,9 @@ plugin.methods.register_function(
                 'sequences and abundances, optionally starting from a pretrained encoder. '
                 'By default every sample trains for every epoch; with validation_size '
                 'above 0 the held-out samples choose the epoch whose weights are kept. '
-                'Each prediction is the weighted average of the transformer ensemble\'s '
-                'and a penalised linear model\'s (linear_weight).',
+                'Each prediction blends the transformer ensemble\'s with a penalised linear '
+                'model\'s and a random forest\'s, weighed by how well each predicted the '
+                'training samples it did not see (blend).',
     citations=ENGINE_CITATIONS,
     examples={'fit_classifier': _examples.fit},
 )
@@ -372,7 +382,7 @@ plugin.visualizers.register_function(
 
 # -- types, formats, transformers -----------------------------------------------------
 plugin.register_semantic_types(AAMModel, AAMEncoder, AAMRegressor, AAMClassifier)
-plugin.register_formats(AAMConfigFormat, AAMWeightsFormat, AAMTableFormat,
+plugin.register_formats(AAMConfigFormat, AAMWeightsFormat, AAMTableFormat, AAMTreeFormat,
                         TensorBoardEventsFormat, AAMModelDirFmt)
 for _variant in (AAMEncoder, AAMRegressor, AAMClassifier):
     if hasattr(plugin, 'register_artifact_class'):

@@ -1,5 +1,7 @@
 """pretrain / fit / predict / predict_probabilities / plot_validation through the
 QIIME 2 Python API (qiime2.plugins.aam), with tiny models shared across the session."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -317,8 +319,9 @@ def test_rarefy_depth_thins_training_reads_and_is_recorded():
 
 @pytest.fixture(scope='module')
 def regressor_ensemble():
-    """Three regressors of days, seeds 1, 2 and 3 (TINY's random_seed is 1)."""
-    return _fit(days(), ensemble_size=3)
+    """Three regressors of days, seeds 1, 2 and 3 (TINY's random_seed is 1), each fitted on
+    every training sample (a fixed blend: no cross-fitting)."""
+    return _fit(days(), ensemble_size=3, blend='fixed')
 
 
 def _predictions(model):
@@ -364,7 +367,8 @@ def _member_artifact(ensemble, member):
     saved = ensemble.view(SavedModel)
     config = {**saved.config, 'ensemble_size': 1, 'best_epoch': saved.config['best_epoch'][member],
               'epochs_run': saved.config['epochs_run'][member]}
-    single = SavedModel(config, saved.member_states()[member], linear=saved.linear)
+    single = SavedModel(config, saved.member_states()[member], linear=saved.linear,
+                        tree=saved.tree)
     return qiime2.Artifact.import_data(str(ensemble.type), single)
 
 
@@ -428,14 +432,13 @@ def test_ensemble_validation_of_a_classifier_averages_probabilities():
     assert combined['prediction'].tolist() == ['a', 'b']
 
 
-# -- calibration: cross-fitted members, a temperature and class biases ----------------
+# -- the stacked blend: cross-fitted members, out-of-fold weights --------------------
 
 @pytest.fixture(scope='module')
-def calibrated():
-    """Three members and no validation split: each member fits two of three folds. No
-    linear half: calibration concerns the transformers' outputs alone."""
-    return _fit(body_site(), ensemble_size=3, validation_size=0.0, calibrate=True,
-                linear_weight=0.0)
+def stacked():
+    """Three members and no validation split: each transformer member fits two of three
+    folds; the linear and tree members are fitted per fold too."""
+    return _fit(body_site(), ensemble_size=3, validation_size=0.0)
 
 
 def _probabilities(model, table, seqs):
@@ -443,36 +446,43 @@ def _probabilities(model, table, seqs):
         .probabilities.view(pd.DataFrame)
 
 
-def _without_calibration(artifact):
-    saved = artifact.view(SavedModel)
-    return qiime2.Artifact.import_data(str(artifact.type), SavedModel(
-        {**saved.config, 'calibration': None}, saved.state_dict, saved.history,
-        saved.validation, saved.tensorboard))
+def _members(model, table, seqs):
+    from q2_aam._actions import member_predictions
+    return member_predictions(model.view(SavedModel), table.view(biom_table().__class__),
+                              seqs.view(pd.Series))
 
 
-def test_calibrated_members_predict_the_fold_each_did_not_fit(calibrated):
-    saved = calibrated.view(SavedModel)
+def test_stacked_members_predict_the_fold_each_did_not_fit(stacked):
+    saved = stacked.view(SavedModel)
     n_train = 34 - len(held_out_ids())
-    cal = saved.config['calibration']
-    assert cal['out_of_fold_samples'] == n_train and saved.config['training']['calibrate']
-    assert cal['temperature'] > 0 and len(cal['bias']) == 4
-    assert sum(cal['bias']) == pytest.approx(0, abs=1e-9)
+    stack = saved.config['stack']
+    assert stack['members'] == ['transformer', 'linear', 'tree']
+    assert all(w >= 0 for w in stack['weights']) and sum(stack['weights']) == pytest.approx(1)
+    assert stack['out_of_fold']['samples'] == n_train and stack['out_of_fold']['folds'] == 3
     # the validation rows are the out-of-fold predictions: every training sample once
     rows = saved.validation
     train_ids = set(metadata().get_ids()) - set(held_out_ids())
     assert rows.index.is_unique and set(rows.index) == train_ids
-    sizes = rows['member'].value_counts()
+    sizes = rows['fold'].value_counts()
     assert sorted(sizes.index) == [0, 1, 2] and sizes.max() - sizes.min() <= 1
-    assert cal['calibrated_accuracy'] == pytest.approx((rows['truth'] == rows['prediction'])
-                                                       .mean())
-    # and each row is what its member, calibrated, predicts for that sample
+    # each transformer row is what the member that did not fit it predicts for that sample
     train_table, train_seqs, _, _ = split()
     for m in range(3):
-        mine = rows[rows['member'] == m]
-        got = _probabilities(_member_artifact(calibrated, m), train_table, train_seqs)
-        np.testing.assert_allclose(got.loc[mine.index, LABELS].to_numpy(),
-                                   mine[[f'prob:{c}' for c in LABELS]].to_numpy(), rtol=1e-4,
-                                   atol=1e-6)
+        mine = rows[rows['fold'] == m]
+        _, got = _members(_member_artifact(stacked, m), train_table, train_seqs)
+        ids = list(train_table.view(pd.DataFrame).index)
+        got = pd.DataFrame(got['transformer'], index=ids, columns=LABELS)
+        np.testing.assert_allclose(got.loc[mine.index].to_numpy(),
+                                   mine[[f'prob:transformer:{c}' for c in LABELS]].to_numpy(),
+                                   rtol=1e-4, atol=1e-6)
+    # and the blend's row is the stack applied to the members' out-of-fold rows
+    from q2_aam.engine.stack import Stack, apply_stack
+    blend = apply_stack(Stack.from_config(stack, 'classification'), {
+        m: rows[[f'prob:{m}:{c}' for c in LABELS]].to_numpy() for m in stack['members']})
+    np.testing.assert_allclose(rows[[f'prob:{c}' for c in LABELS]].to_numpy(), blend,
+                               rtol=1e-6)
+    assert stack['out_of_fold']['scores']['blend']['accuracy'] == pytest.approx(
+        (rows['truth'] == rows['prediction']).mean())
 
 
 @pytest.fixture
@@ -490,71 +500,162 @@ def trained_samples(monkeypatch):
 
 def test_each_member_trains_without_its_fold(trained_samples):
     seen = trained_samples
-    saved = _fit(body_site(), ensemble_size=3, validation_size=0.0,
-                 calibrate=True).view(SavedModel)
+    saved = _fit(body_site(), ensemble_size=3, validation_size=0.0).view(SavedModel)
     rows = saved.validation
     every = set(rows.index)
     assert len(seen) == 3
     for m, fitted in enumerate(seen):
-        assert fitted == every - set(rows.index[rows['member'] == m]), m
+        assert fitted == every - set(rows.index[rows['fold'] == m]), m
 
 
-def test_predictions_apply_the_calibration_to_every_member(calibrated):
+def test_predictions_are_the_stack_of_the_members(stacked):
     _, _, test_table, test_seqs = split()
-    cal = calibrated.view(SavedModel).config['calibration']
-    member = _member_artifact(calibrated, 1)
-    calibrated_p = _probabilities(member, test_table, test_seqs)
-    raw_p = _probabilities(_without_calibration(member), test_table, test_seqs)
+    saved = stacked.view(SavedModel)
+    ids, members = _members(stacked, test_table, test_seqs)
     from q2_aam.engine.calibration import log_softmax
-    expected = np.exp(log_softmax(np.log(raw_p.to_numpy()) / cal['temperature']
-                                  + np.array(cal['bias'])))
-    np.testing.assert_allclose(calibrated_p.to_numpy(), expected, rtol=1e-4, atol=1e-7)
-    assert not np.allclose(calibrated_p.to_numpy(), raw_p.to_numpy(), atol=1e-4)
-    # the ensemble averages its calibrated members
-    members = [_probabilities(_member_artifact(calibrated, m), test_table, test_seqs)
-               for m in range(3)]
-    pd.testing.assert_frame_equal(_probabilities(calibrated, test_table, test_seqs),
-                                  sum(members) / 3, rtol=1e-5)
+    stack = saved.config['stack']
+    parts = []
+    for m, w in zip(stack['members'], stack['weights']):
+        cal = stack['calibration'][m]
+        p = np.maximum(members[m], 1e-4)
+        p = np.log(p / p.sum(1, keepdims=True))
+        parts.append(w * np.exp(log_softmax(log_softmax(p) / cal['temperature']
+                                            + np.array(cal['bias']))))
+    blend = np.log(np.maximum(sum(parts), 1e-4))
+    cal = stack['blend_calibration']
+    expected = np.exp(log_softmax(log_softmax(blend) / cal['temperature'] + np.array(cal['bias'])))
+    got = _probabilities(stacked, test_table, test_seqs)
+    np.testing.assert_allclose(got.loc[list(ids)].to_numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+    assert (_predictions(stacked) == got.idxmax(axis=1)).all()
 
 
-def test_calibration_is_announced_and_needs_an_ensemble(capsys):
-    _fit(body_site(), ensemble_size=2, validation_size=0.0, calibrate=True)
+def test_a_stacked_regressor_is_the_weighted_sum_of_its_members():
+    model = _fit(days(), ensemble_size=2, validation_size=0.0)
+    saved = model.view(SavedModel)
+    _, _, test_table, test_seqs = split()
+    ids, members = _members(model, test_table, test_seqs)
+    stack = saved.config['stack']
+    expected = sum(w * members[m] for m, w in zip(stack['members'], stack['weights']))
+    np.testing.assert_allclose(_predictions(model).loc[list(ids)].to_numpy(), expected,
+                               rtol=1e-12)
+    assert stack['calibration'] is None and stack['blend_calibration'] is None
+    assert {'prediction:transformer', 'prediction:linear', 'prediction:tree'} <= \
+        set(saved.validation.columns)
+
+
+def test_the_fit_log_names_each_members_score_and_weight(capsys):
+    saved = _fit(days(), ensemble_size=2, validation_size=0.0).view(SavedModel)
+    out = capsys.readouterr().out
     n_train = 34 - len(held_out_ids())
-    assert f'q2-aam: calibrated on {n_train} out-of-fold predictions: accuracy ' in \
-        capsys.readouterr().out
-    single = _fit(body_site(), ensemble_size=1, calibrate=True)
-    assert ("q2-aam: no calibration: it is fitted to the out-of-fold predictions of an "
-            "ensemble's members, and ensemble_size is 1.") in capsys.readouterr().out
-    assert single.view(SavedModel).config['calibration'] is None
-    off = _fit(body_site(), ensemble_size=2)          # the default: no calibration
-    assert off.view(SavedModel).config['calibration'] is None
-    assert not off.view(SavedModel).config['training']['calibrate']
-    assert 'calibrat' not in capsys.readouterr().out
+    line, = [x for x in out.splitlines() if 'stacked blend' in x]
+    assert line.startswith(f'q2-aam: stacked blend from {n_train} out-of-fold predictions '
+                           '(2 folds; weights pulled ')
+    stack = saved.config['stack']
+    for m, w in zip(stack['members'], stack['weights']):
+        r2 = stack['out_of_fold']['scores'][m]['r2']
+        assert f'{m}: out-of-fold r2 {r2:.3f}, mse ' in line and f'weight {w:.2f}' in line
+    assert 'linear member: ridge regression on ' in out
+    assert 'tree member: an ExtraTrees forest of 500 trees on ' in out
 
 
-def test_a_regressor_is_not_calibrated_and_says_so(capsys, trained_samples):
-    saved = _fit(days(), ensemble_size=2, validation_size=0.0,
-                 calibrate=True).view(SavedModel)
-    assert ('q2-aam: no calibration: calibrate applies to classifiers, and this fit '
-            'predicts a number.') in capsys.readouterr().out
-    assert saved.config['calibration'] is None
-    sizes = [len(fitted) for fitted in trained_samples]
-    assert sizes == [34 - len(held_out_ids())] * 2      # every member fits every sample
+def test_one_transformer_gets_equal_weights_and_says_why(capsys):
+    saved = _fit(days()).view(SavedModel)       # ensemble_size 1
+    assert saved.config['stack']['weights'] == pytest.approx([1 / 3] * 3)
+    assert ('equal weights for transformer, linear, tree: an ensemble of one transformer has '
+            'no out-of-fold predictions') in capsys.readouterr().out
 
 
-def test_plot_validation_shows_the_out_of_fold_predictions(calibrated, tmp_path):
-    visualization, = plot_validation(model=calibrated)
+def test_a_fixed_blend_weighs_as_told_and_members_can_be_left_out():
+    _, _, test_table, test_seqs = split()
+    old_style = _fit(days(), ensemble_size=2, blend='fixed', transformer_weight=1,
+                     linear_weight=3, tree_weight=0)
+    saved = old_style.view(SavedModel)
+    assert saved.config['stack']['members'] == ['transformer', 'linear']
+    assert saved.config['stack']['weights'] == [0.25, 0.75] and saved.tree is None
+    ids, members = _members(old_style, test_table, test_seqs)
+    np.testing.assert_allclose(_predictions(old_style).loc[list(ids)].to_numpy(),
+                               0.25 * members['transformer'] + 0.75 * members['linear'],
+                               rtol=1e-12)
+    no_linear = _fit(days(), ensemble_size=2, linear_weight=0).view(SavedModel)
+    assert no_linear.config['stack']['members'] == ['transformer', 'tree']
+    assert no_linear.linear is None and no_linear.config['linear'] is None
+    with pytest.raises(TypeError, match='transformer_weight'):
+        _fit(days(), transformer_weight=0)
+
+
+def test_plot_validation_shows_each_members_out_of_fold_score(stacked, tmp_path):
+    visualization, = plot_validation(model=stacked)
     visualization.export_data(str(tmp_path))
     html = (tmp_path / 'index.html').read_text()
     n_train = 34 - len(held_out_ids())
     assert f'<tr><th>out-of-fold samples</th><td>{n_train}</td></tr>' in html
     assert 'Confusion matrix of the out-of-fold predictions' in html
-    assert 'its ensemble members were cross-fitted' in html
-    assert 'held no samples out for validation (<code>--p-validation-size 0</code>,\n    the ' \
-        'default of <code>fit</code>): it trained' not in html
-    accuracy = calibrated.view(SavedModel).config['calibration']['calibrated_accuracy']
-    assert f'<tr><th>accuracy</th><td>{accuracy:.4f}</td></tr>' in html
+    stack = stacked.view(SavedModel).config['stack']
+    for m, w in zip(stack['members'], stack['weights']):
+        accuracy = stack['out_of_fold']['scores'][m]['accuracy']
+        assert f'<tr><td>{m}</td><td>{w:.3f}</td><td>{accuracy:.3f}</td>' in html
+    blend = stack['out_of_fold']['scores']['blend']['accuracy']
+    assert f'<tr><td>the blend</td><td>1.000</td><td>{blend:.3f}</td>' in html
     assert (tmp_path / 'validation.png').is_file()
+
+
+# -- groups: whole subjects on one side ----------------------------------------------
+
+def _subjects():
+    return qiime2.CategoricalMetadataColumn(metadata().get_column('subject').to_series())
+
+
+def test_grouped_folds_keep_each_subject_on_one_side(trained_samples):
+    saved = _fit(body_site(), ensemble_size=2, validation_size=0.0,
+                 groups=_subjects()).view(SavedModel)
+    subject = metadata().get_column('subject').to_series()
+    rows = saved.validation
+    for f in (0, 1):
+        held = set(subject[rows.index[rows['fold'] == f]])
+        fitted = set(subject[list(trained_samples[f])])
+        assert held and not held & fitted, f
+    assert saved.config['stack']['out_of_fold']['grouped'] is True
+    assert saved.config['training']['groups'] == 'subject'
+
+
+def test_groups_are_refused_when_a_sample_has_none_or_there_are_too_few():
+    series = metadata().get_column('subject').to_series().copy()
+    missing = [i for i in series.index if i not in held_out_ids()][:2]
+    series[missing] = np.nan
+    with pytest.raises(ValueError, match=f"2 of {34 - len(held_out_ids())} samples have no "
+                                         f"value in the groups column 'subject': "
+                                         f"'{missing[0]}', '{missing[1]}'"):
+        _fit(body_site(), ensemble_size=2, validation_size=0.0,
+             groups=qiime2.CategoricalMetadataColumn(series))
+    with pytest.raises(ValueError, match='one fold per ensemble member \\(3\\), keeping '
+                                         'groups whole: 3 folds need at least 3 groups; '
+                                         'there are 2'):
+        _fit(body_site(), ensemble_size=3, validation_size=0.0, groups=_subjects())
+
+
+# -- models fitted before stacking --------------------------------------------------
+
+LEGACY = Path(__file__).parent / 'data' / 'legacy-models'
+
+
+@pytest.mark.parametrize('name, kind, predictions', [
+    ('regressor', 'AAMModel[AAMRegressor]', 'regressor-predictions.tsv'),
+    ('classifier', 'AAMModel[AAMClassifier]', 'classifier-probabilities.tsv')])
+def test_a_model_saved_before_stacking_predicts_bit_identically(name, kind, predictions):
+    model = qiime2.Artifact.import_data(kind, str(LEGACY / name))
+    assert 'stack' not in model.view(SavedModel).config
+    _, _, test_table, test_seqs = split()
+    expected = pd.read_csv(LEGACY / predictions, sep='\t', index_col=0,
+                           float_precision='round_trip')
+    if name == 'regressor':
+        got = _predictions(model)
+        np.testing.assert_array_equal(got.loc[expected.index].to_numpy(),
+                                      expected['prediction'].to_numpy())
+    else:
+        got = _probabilities(model, test_table, test_seqs)
+        np.testing.assert_array_equal(got.loc[expected.index, expected.columns].to_numpy(),
+                                      expected.to_numpy())
 
 
 # -- plot_validation and q2-sample-classifier's visualizers --------------------------
@@ -611,11 +712,12 @@ def test_sample_classifier_scatterplot_accepts_predictions(tmp_path):
 
 def test_fit_with_distances_and_without_validation(tmp_path, capsys):
     """A distance matrix keeps the UniFrac loss on while fitting; fit's default,
-    validation_size 0, trains on every sample, and plot_validation then shows the loss
-    curves and says why there is no validation figure."""
+    validation_size 0, trains on every sample, and plot_validation of a fixed blend (no
+    out-of-fold predictions) then shows the loss curves and says why there is no
+    validation figure."""
     settings = {k: v for k, v in TINY.items() if k != 'validation_size'}
     model, = fit(table=table(), sequences=rep_seqs(), metadata=body_site(),
-                 distance_matrix=distances(), **settings)
+                 distance_matrix=distances(), blend='fixed', **settings)
     saved = model.view(SavedModel)
     assert saved.config['training']['validation_size'] == 0.0
     assert ('q2-aam: training on 34 samples, no validation split (every sample, every '
@@ -749,80 +851,31 @@ def test_pretrain_continues_an_encoder():
     assert all(torch.allclose(more.state_dict[k], start[k], atol=1e-6) for k in start)
 
 
-# -- the linear half -----------------------------------------------------------------------
+# -- continuing a fitted model ------------------------------------------------------
 
-def _transformer_only(model):
-    """The same fitted model without its linear half."""
-    saved = model.view(SavedModel)
-    config = {**saved.config, 'linear': None}
-    return qiime2.Artifact.import_data(str(model.type), SavedModel(config, saved.state_dict))
-
-
-def _linear_alone(model, test_table, test_seqs):
-    from q2_aam._inputs import sequences_for, table_parts
-    from q2_aam.engine.linear import linear_outputs
-    counts, ids, features = table_parts(test_table.view(biom_table().__class__))
-    out, _ = linear_outputs(model.view(SavedModel).linear, counts,
-                            sequences_for(features, test_seqs.view(pd.Series)))
-    return ids, out
-
-
-def test_a_fitted_regressor_averages_its_transformers_and_its_linear_half(capsys):
-    model = regressor()
-    saved = model.view(SavedModel)
-    train_table, train_seqs, test_table, test_seqs = split()
-    assert saved.config['linear']['weight'] == 0.75 == saved.config['training']['linear_weight']
-    used = train_table.view(pd.DataFrame)
-    # the linear half fits the training rows, not the transformers' validation samples
-    used = used.loc[days().to_series().reindex(used.index).notna()]
-    used = used.drop(index=saved.validation.index)
-    seqs = train_seqs.view(pd.Series)
-    expected = {str(seqs[f]) for f in used.columns[(used > 0).any()]}
-    assert set(saved.linear.sequences) == expected
-    got = _predictions(model)
-    transformer = _predictions(_transformer_only(model))
-    ids, half = _linear_alone(model, test_table, test_seqs)
-    blend = 0.25 * transformer.loc[ids].to_numpy() + 0.75 * half
-    np.testing.assert_allclose(got.loc[ids].to_numpy(), blend, rtol=1e-6)
-    assert not np.allclose(got.loc[ids], transformer.loc[ids], rtol=1e-3)
-
-
-def test_a_fitted_classifier_averages_probabilities_with_its_linear_half():
-    model = _fit(body_site())
-    _, _, test_table, test_seqs = split()
-    got = _probabilities(model, test_table, test_seqs)
-    transformer = _probabilities(_transformer_only(model), test_table, test_seqs)
-    ids, half = _linear_alone(model, test_table, test_seqs)
-    np.testing.assert_allclose(got.loc[ids].to_numpy(),
-                               0.25 * transformer.loc[ids].to_numpy() + 0.75 * half, rtol=1e-6)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0)
-    calls = _predictions(model)
-    assert (calls == got.idxmax(axis=1)).all()
-
-
-def test_linear_weight_zero_and_one():
-    _, _, test_table, test_seqs = split()
-    without = _fit(days(), linear_weight=0.0)
-    saved = without.view(SavedModel)
-    assert saved.linear is None and saved.config['linear'] is None
-    alone = _fit(days(), linear_weight=1.0)
-    ids, half = _linear_alone(alone, test_table, test_seqs)
-    np.testing.assert_allclose(_predictions(alone).loc[ids].to_numpy(), half, rtol=1e-9)
-    with pytest.raises(TypeError, match='linear_weight'):
-        _fit(days(), linear_weight=1.5)
-
-
-def test_a_continued_model_keeps_its_linear_half(capsys):
-    previous = _fit(days())
-    continued = fit(table=table(), sequences=rep_seqs(), metadata=days(),
-                    continue_from=previous, **{**TINY_TRAIN, **SINGLE, 'linear_weight': 0.2}
-                    ).model.view(SavedModel)
+def test_a_continued_model_keeps_its_blend(capsys):
+    previous = _fit(days(), ensemble_size=2, validation_size=0.0)
     before = previous.view(SavedModel)
+    continued = fit(table=table(), sequences=rep_seqs(), metadata=days(),
+                    continue_from=previous, **{**TINY_TRAIN, 'ensemble_size': 2,
+                                               'linear_weight': 0.2}).model.view(SavedModel)
+    assert continued.config['stack'] == before.config['stack']
     assert continued.linear.sequences == before.linear.sequences
     np.testing.assert_array_equal(continued.linear.coef, before.linear.coef)
-    assert continued.config['linear']['weight'] == 0.75
-    assert ('q2-aam: the linear half of the model continued is kept as it was (weight 0.75); '
+    np.testing.assert_array_equal(continued.tree.value, before.tree.value)
+    weights = ', '.join(f'{m} {w:.2f}' for m, w in zip(before.config['stack']['members'],
+                                                          before.config['stack']['weights']))
+    assert (f'q2-aam: the blend of the model continued is kept as it was (weights {weights}); '
             'a new fit refits it.') in capsys.readouterr().out
+
+
+def test_a_model_from_before_stacking_continues_with_its_linear_weight(capsys):
+    old = qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(LEGACY / 'regressor'))
+    continued = fit(table=table(), sequences=rep_seqs(), metadata=days(), continue_from=old,
+                    **{**TINY_TRAIN, 'ensemble_size': 2}).model.view(SavedModel)
+    assert 'stack' not in continued.config and continued.config['linear']['weight'] == 0.75
+    assert ('the blend of the model continued is kept as it was (linear weight 0.75)'
+            in capsys.readouterr().out)
 
 
 def test_samples_that_share_no_asv_with_the_training_samples_are_named(tmp_path):

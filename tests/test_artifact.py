@@ -82,7 +82,7 @@ def test_saved_model_config_contents():
 
 def test_export_gives_a_tensorboard_folder(regressor_folder):
     assert sorted(p.name for p in regressor_folder.iterdir()) == [
-        'config.json', 'history.tsv', 'linear.tsv', 'model.pt', 'tensorboard',
+        'config.json', 'history.tsv', 'linear.tsv', 'model.pt', 'tensorboard', 'tree.npz',
         'validation.tsv']
     events = list((regressor_folder / 'tensorboard').rglob('events.out.tfevents.*'))
     assert events
@@ -364,3 +364,69 @@ def test_predict_refuses_an_artifact_whose_type_was_edited_by_hand(tmp_path):
     with pytest.raises(ValueError, match='typed as a classification model, but its '
                                          'config.json holds a regression model'):
         predict_probabilities(model=swapped, table=test_table, sequences=test_seqs)
+
+
+# -- the stack and the tree member ---------------------------------------------------
+
+def test_a_missing_or_unused_tree_file_is_refused(folder):
+    tree = (folder / 'tree.npz').read_bytes()
+    (folder / 'tree.npz').unlink()
+    with pytest.raises(ModelFileError, match=r"stack weighs a tree member, but tree\.npz is "
+                                             "missing"):
+        checkpoint.load(folder)
+
+    def without_tree(config):
+        stack = config['stack']
+        keep = [i for i, m in enumerate(stack['members']) if m != 'tree']
+        total = sum(stack['weights'][i] for i in keep)
+        stack.update(members=[stack['members'][i] for i in keep],
+                     weights=[stack['weights'][i] / total for i in keep])
+    _edit_config(folder, without_tree)
+    checkpoint.load(folder)                        # a stack without a tree needs no file
+    (folder / 'tree.npz').write_bytes(tree)
+    with pytest.raises(ModelFileError, match=r"tree\.npz is present, but config\.json's "
+                                             "stack has no tree member"):
+        checkpoint.load(folder)
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda b: b[:len(b) // 2], r'tree\.npz cannot be read as arrays'),
+    (lambda b: b'PK\x03\x04' + b'\0' * 40, r'tree\.npz cannot be read as arrays'),
+])
+def test_a_damaged_tree_file_is_refused(folder, damage, message):
+    path = folder / 'tree.npz'
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ModelFileError, match=message):
+        checkpoint.load(folder)
+    with pytest.raises(ValidationError, match=message):
+        _validate(folder)
+
+
+def test_a_tree_file_with_pickled_objects_or_bad_nodes_is_refused(folder):
+    import numpy as np
+    with np.load(folder / 'tree.npz') as arrays:
+        parts = {k: arrays[k] for k in arrays.files}
+    bad = dict(parts, sequences=np.array([object()], dtype=object))
+    with open(folder / 'tree.npz', 'wb') as fh:
+        np.savez(fh, **bad)                       # an object array needs pickle to load
+    with pytest.raises(ModelFileError, match=r'tree\.npz cannot be read as arrays'):
+        checkpoint.load(folder)
+    left = parts['left'].copy()
+    left[left >= 0] = 0                           # every child points at the first node
+    with open(folder / 'tree.npz', 'wb') as fh:
+        np.savez(fh, **dict(parts, left=left))
+    with pytest.raises(ModelFileError, match=r"tree\.npz does not describe a forest: a "
+                                             "node's child is not a later node"):
+        checkpoint.load(folder)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda s: s.update(weights=[0.9, 0.9, 0.9]), 'summing to 1'),
+    (lambda s: s.update(members=['transformer', 'linear', 'boost']), 'distinct names'),
+    (lambda s: s.update(weights=None), 'a list of numbers "weights"'),
+])
+def test_a_damaged_stack_is_refused(folder, edit, message):
+    _edit_config(folder, lambda c: edit(c['stack']))
+    with pytest.raises(ModelFileError, match="config.json: the stack is not usable: .*"
+                                             + message):
+        checkpoint.load(folder)

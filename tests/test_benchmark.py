@@ -510,8 +510,36 @@ def test_run_aam_averages_its_transformers_with_the_linear_half(accuracy):
                                      fold=0)
     np.testing.assert_allclose(blended, 0.25 * alone + 0.75 * half, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-6)
-    assert accuracy.VARIANTS['aam'].linear_weight == 0.75
+    assert accuracy.VARIANTS['aam-linear75'].linear_weight == 0.75
     assert accuracy.VARIANTS['aam-transformer'].linear_weight == 0.0
+
+
+def test_the_aam_row_is_the_shipped_fit_and_predict(accuracy):
+    """accuracy.py's aam variant calls the actions users run: its predictions are
+    predict_probabilities' of the model fit returns, and it reports what the members do."""
+    from q2_aam import _actions
+    ds = toy_amplicons(accuracy)
+    v = accuracy.replace(accuracy.VARIANTS['aam'], params=dict(
+        embedding_dim=16, attention_heads=2, max_asvs=16, epochs=2, ensemble_size=2,
+        random_seed=3))
+    train, test = np.arange(18), np.arange(18, 24)
+    pred, info = accuracy.run_product(v, ds, train, test, threads=1)
+    assert pred.shape == (6, 4)
+    np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-9)
+    table, seqs = accuracy._views(ds, train)
+    y = np.asarray(ds.classes, dtype=object)[ds.y[train]]
+    model = _actions.fit(table=table, sequences=seqs,
+                         metadata=accuracy._metadata_column(ds, train, y, ds.target),
+                         threads=1, **v.params)
+    test_table, test_seqs = accuracy._views(ds, test)
+    expected = accuracy._class_matrix(ds, _actions.predict_probabilities(model, test_table,
+                                                                         test_seqs))
+    np.testing.assert_allclose(pred, expected, rtol=1e-9)
+    assert set(info['weights']) == {'transformer', 'linear', 'tree'}
+    assert set(info['derived']) == {'transformer', 'without-transformer'}
+    for other in info['derived'].values():
+        assert other.shape == (6, 4)
+        np.testing.assert_allclose(other.sum(1), 1.0, rtol=1e-6)
 
 
 @pytest.fixture(scope='module')

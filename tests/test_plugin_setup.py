@@ -88,8 +88,14 @@ class PluginSetupTests(TestPluginBase):
         self.assertEqual(str(pretrain.parameters['processes'].qiime_type),
                          str(fit.parameters['processes'].qiime_type))
         self.assertIn('Range(1, 64', str(fit.parameters['processes'].qiime_type))
-        self.assertEqual(str(fit.parameters['linear_weight'].qiime_type),
-                         'Float % Range(0.0, 1.0, inclusive_end=True)')
+        self.assertEqual(str(fit.parameters['blend'].qiime_type),
+                         "Str % Choices('stacked', 'fixed')")
+        self.assertEqual(fit.parameters['blend'].default, 'stacked')
+        self.assertEqual(str(fit.parameters['groups'].qiime_type),
+                         'MetadataColumn[Categorical]')
+        self.assertTrue(fit.parameters['groups'].has_default())
+        self.assertIn('inclusive_start=False',
+                      str(fit.parameters['transformer_weight'].qiime_type))
         self.assertTrue(pretrain.inputs['alpha_diversity'].has_default())
         self.assertEqual(str(pretrain.inputs['pretrained'].qiime_type), 'AAMModel[AAMEncoder]')
         # every size and rate has an upper bound that Galaxy can show

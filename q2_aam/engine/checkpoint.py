@@ -1,5 +1,6 @@
 """A trained model on disk: config.json + model.pt + history.tsv + validation.tsv + tensorboard/,
-and linear.tsv when the model has a linear half (engine/linear.py).
+and linear.tsv / tree.npz when the model has a linear / tree member (engine/linear.py,
+engine/trees.py).
 
 ``SavedModel`` is the one in-memory object the QIIME 2 artifact converts to and from.
 Loading never unpickles code: ``model.pt`` is read with ``torch.load(weights_only=True)``
@@ -15,6 +16,8 @@ import pandas as pd
 import torch
 
 from .linear import PSEUDO_ABUNDANCE, LinearModel
+from .stack import check_stack_config
+from .trees import TreeModel, check_trees
 from .model import AAM, AAMConfig, parameter_count
 from .tokens import VOCAB
 
@@ -25,6 +28,8 @@ MAX_PARAMETERS = 10 ** 9
 FILES = ('config.json', 'model.pt', 'history.tsv', 'validation.tsv')
 TENSORBOARD_DIR = 'tensorboard'
 LINEAR_FILE = 'linear.tsv'
+TREE_FILE = 'tree.npz'
+TREE_ARRAYS = ('sequences', 'roots', 'left', 'right', 'feature', 'threshold', 'value')
 
 
 class ModelFileError(ValueError):
@@ -39,7 +44,9 @@ class SavedModel:
     ``task``, ``labels`` (classifier), ``target_mean``/``target_std`` (regressor),
     ``max_asvs``, ``max_bp``, ``vocabulary``, ``training`` (the settings used),
     ``versions`` and ``linear`` (the linear half's weight, penalty and intercept, or None).
-    ``linear`` holds that half's coefficients, one row per sequence (linear.tsv).
+    ``linear`` holds that half's coefficients, one row per sequence (linear.tsv);
+    ``stack`` (fitted since stacking) the members' weights and calibrations, and ``tree``
+    the tree member's nodes (tree.npz).
     """
     config: dict
     state_dict: dict
@@ -48,6 +55,7 @@ class SavedModel:
         {'truth': [], 'prediction': []}, index=pd.Index([], name='sample-id')))
     tensorboard: dict = field(default_factory=dict)   # relative path -> bytes
     linear: LinearModel = None
+    tree: TreeModel = None
     # the task its container says it holds (a QIIME 2 artifact's type), where known; not saved
     declared_task: str = None
 
@@ -148,6 +156,8 @@ def save(saved: SavedModel, directory):
     validation.to_csv(directory / 'validation.tsv', sep='\t')
     if saved.linear is not None:
         write_linear(saved.linear, saved.config, directory / LINEAR_FILE)
+    if saved.tree is not None:
+        write_tree(saved.tree, directory / TREE_FILE)
     tb = directory / TENSORBOARD_DIR
     tb.mkdir(exist_ok=True)
     for relative, content in saved.tensorboard.items():
@@ -211,6 +221,17 @@ def read_config(directory):
         _check_target_scale(config.get('target_mean'), config.get('target_std'))
     _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)
     _check_linear_config(config.get('linear'), config['task'])
+    if config.get('stack') is not None:
+        if config['task'] not in ('regression', 'classification'):
+            raise ModelFileError(f"config.json: only a regressor or classifier has a stack, "
+                                 f"but this {config['task']!r} model has one.")
+        try:
+            check_stack_config(config['stack'], config['task'], model_config.n_outputs)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f'config.json: the stack is not usable: {e}') from None
+        if 'linear' in config['stack']['members'] and config.get('linear') is None:
+            raise ModelFileError('config.json: the stack weighs a linear member, but the '
+                                 'model has no linear half.')
     return config
 
 
@@ -289,6 +310,52 @@ def _check_linear_config(linear, task):
                                                            pseudo > 0):
         raise ModelFileError('config.json: the linear half\'s intercept and pseudo_abundance '
                              f'must be finite (and pseudo_abundance above 0); found {linear!r}.')
+
+
+def write_tree(tree, path):
+    """tree.npz: plain arrays (no pickled objects), read back with allow_pickle=False."""
+    with open(path, 'wb') as fh:
+        np.savez_compressed(fh, sequences=np.asarray(tree.sequences, dtype=str),
+                            roots=tree.roots, left=tree.left, right=tree.right,
+                            feature=tree.feature, threshold=tree.threshold, value=tree.value)
+
+
+def read_tree(directory, config):
+    """tree.npz back as a TreeModel, checked: the arrays of a forest whose every node and
+    feature index is in range, present exactly when the stack weighs a tree member."""
+    path = Path(directory) / TREE_FILE
+    wanted = 'tree' in ((config.get('stack') or {}).get('members') or [])
+    if not wanted:
+        if path.exists():
+            raise ModelFileError(f'{TREE_FILE} is present, but config.json\'s stack has no '
+                                 'tree member to use it; the model folder is inconsistent.')
+        return None
+    if not path.is_file():
+        raise ModelFileError(f'config.json\'s stack weighs a tree member, but {TREE_FILE} is '
+                             'missing; the model folder is damaged: train the model again.')
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in TREE_ARRAYS if k not in arrays.files]
+            if missing:
+                raise ModelFileError(f'{TREE_FILE} lacks the arrays {", ".join(missing)}.')
+            a = {k: arrays[k] for k in TREE_ARRAYS}
+    except ModelFileError:
+        raise
+    except Exception as e:        # a truncated zip, bad bytes, object arrays refused
+        raise ModelFileError(f'{TREE_FILE} cannot be read as arrays ({type(e).__name__}: '
+                             f'{e}); the model folder is damaged: train the model again.') \
+            from None
+    try:
+        tree = TreeModel(config['task'], [str(x) for x in a['sequences'].ravel()],
+                         *(a[k].astype(np.int64, casting='safe') for k in
+                           ('roots', 'left', 'right', 'feature')),
+                         a['threshold'].astype(np.float64, casting='safe'),
+                         np.atleast_2d(a['value'].astype(np.float64, casting='safe')))
+        outputs = 1 if config['task'] == 'regression' else len(config['labels'])
+        check_trees(tree, outputs)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f'{TREE_FILE} does not describe a forest: {e}') from None
+    return tree
 
 
 def read_linear(directory, config):
@@ -387,6 +454,7 @@ def validate(directory, check_weights_too=True):
     for name in ('history.tsv', 'validation.tsv'):
         _read_tsv(directory / name)
     read_linear(directory, config)
+    read_tree(directory, config)
     if check_weights_too:
         check_weights(config, read_state_dict(directory / 'model.pt'))
     return config
@@ -405,5 +473,5 @@ def load(directory):
     tensorboard = ({p.relative_to(tb).as_posix(): p.read_bytes()
                     for p in sorted(tb.rglob('*')) if p.is_file()} if tb.is_dir() else {})
     return SavedModel(config, state, history, validation, tensorboard,
-                      linear=read_linear(directory, config))
+                      linear=read_linear(directory, config), tree=read_tree(directory, config))
 

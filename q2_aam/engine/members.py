@@ -1,0 +1,44 @@
+"""The linear and tree members of a fitted model, with their out-of-fold predictions.
+
+Each is fitted once per fold of the training samples (predicting the fold it did not see)
+and once on all of them (the member the model keeps). The transformer ensemble's
+out-of-fold predictions come from its own cross-fitted members (q2_aam/_actions.py), on the
+same folds, so every member is judged on the same samples.
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from .linear import fit_linear, linear_outputs
+from .trees import fit_trees, tree_outputs
+
+
+def _fit(name, counts, sequences, targets, task, n_classes, seed):
+    if name == 'linear':
+        return fit_linear(counts, sequences, targets, task, n_classes)
+    return fit_trees(counts, sequences, targets, task, n_classes, seed=seed)
+
+
+def member_outputs(name, model, counts, sequences):
+    """A fitted linear or tree member's predictions for new samples."""
+    if name == 'linear':
+        return linear_outputs(model, counts, sequences)[0]
+    return tree_outputs(model, counts, sequences)
+
+
+def fit_members(names, counts, sequences, targets, task, n_classes=None, folds=None, seed=0):
+    """{name: fitted member} on every row given, and, with ``folds`` ((fit rows, held-out
+    rows) pairs over those rows), {name: out-of-fold predictions} (else None)."""
+    counts = sp.csr_matrix(counts)
+    targets = np.asarray(targets)
+    fitted = {m: _fit(m, counts, sequences, targets, task, n_classes, seed) for m in names}
+    if folds is None:
+        return fitted, None
+    held = {}
+    for m in names:
+        width = () if task == 'regression' else (n_classes,)
+        out = np.zeros((len(targets),) + width)
+        for fit_rows, held_rows in folds:
+            part = _fit(m, counts[fit_rows], sequences, targets[fit_rows], task, n_classes, seed)
+            out[held_rows] = member_outputs(m, part, counts[held_rows], sequences)
+        held[m] = out
+    return fitted, held
