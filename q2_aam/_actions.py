@@ -6,11 +6,11 @@ engine settings into a training run, and a run into a SavedModel.
 import dataclasses
 import os
 
-import biom
 import numpy as np
 import pandas as pd
 import qiime2
 import skbio
+from q2_types.feature_table import BIOMV210Format
 
 from . import _inputs
 from .engine import calibration, checkpoint, linear, optim, runstate
@@ -184,6 +184,7 @@ def _export(name, view, folder):
     path = os.path.join(folder, name)
     if name == 'table':
         from biom.util import biom_open
+        view = _inputs.as_table(view)
         with biom_open(path + '.biom', 'w') as fh:
             view.to_hdf5(fh, 'q2-aam')
         return path + '.biom'
@@ -208,17 +209,32 @@ def _export(name, view, folder):
     return path
 
 
-def _start_checkpoints(p, action, data, pretrained=None, groups=None):
-    """With a checkpoint_dir: create it, or check that it holds this same run."""
+def _start_checkpoints(p, action, data, pretrained=None, groups=None, continue_from=None,
+                       freeze_encoder=False):
+    """With a checkpoint_dir: take the folder's lock for this run (refused, naming the
+    process, while another run holds it), then create the folder or check that it holds
+    this same run: every setting that changes the result is compared. Returns the lock
+    (None without a checkpoint_dir), which the caller releases when the run ends."""
     if not p.get('checkpoint_dir'):
-        return
+        return None
+    lock = runstate.lock(p['checkpoint_dir'])
     record = {'action': action, 'data': runstate.fingerprint(data),
-              'groups': None if groups is None else [str(g) for g in groups],
+              'groups': None if groups is None else runstate.digest(
+                  '\t'.join(str(g) for g in groups)),
+              'freeze_encoder': bool(freeze_encoder),
+              'continue_from': None if continue_from is None else runstate.fingerprint_state(
+                  continue_from.state_dict),
               'pretrained': None if pretrained is None else runstate.fingerprint_state(
                   pretrained.state_dict),
               **{k: v for k, v in sorted(p.items()) if k not in NOT_FINGERPRINTED}}
-    if runstate.prepare(p['checkpoint_dir'], record):
+    try:
+        resuming = runstate.prepare(p['checkpoint_dir'], record)
+    except BaseException:
+        lock.release()
+        raise
+    if resuming:
         _inputs.note(f"checkpoint_dir {p['checkpoint_dir']} holds this run: resuming it.")
+    return lock
 
 
 def _train_member(model, data, rows, settings, p, member=0, class_names=None):
@@ -275,7 +291,7 @@ def _split(data, validation_size, seed, stratify=None, groups=None):
 
 
 def pretrain(
-        table: biom.Table, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix = None,
+        table: BIOMV210Format, sequences: pd.Series, distance_matrix: skbio.DistanceMatrix = None,
         phylogeny: skbio.TreeNode = None,
         alpha_diversity: pd.Series = None, pretrained: SavedModel = None,
         ignore_missing_samples: bool = False,
@@ -310,8 +326,8 @@ def pretrain(
             phylogeny=phylogeny, alpha_diversity=alpha_diversity, pretrained=pretrained),
             {**p, 'ignore_missing_samples': ignore_missing_samples})
     if pretrained is not None:      # go on from an encoder: its architecture, its weights
-        given = {k: p[k] for k in ARCHITECTURE if p[k] != DEFAULTS[k]}
-        arch, max_bp = _architecture({**given, 'max_bp': None}, pretrained)
+        given = {k: p[k] for k in ARCHITECTURE + ('max_bp',) if p[k] != DEFAULTS[k]}
+        arch, max_bp = _architecture({'max_bp': None, **given}, pretrained)
         p.update(arch, max_bp=max_bp)
     _check_size({k: p[k] for k in ARCHITECTURE}, p['max_bp'])
     settings = _settings(p)
@@ -336,7 +352,7 @@ def pretrain(
     if not cfg.asv_layers and p['nuc_weight'] > 0:
         _inputs.note('no masked-nucleotide loss: with nucleotide_layers 0 the encoder reads '
                      'each ASV as its k-mer profile and has no bases to predict.')
-    _start_checkpoints(p, 'pretrain', data, pretrained)
+    lock = _start_checkpoints(p, 'pretrain', data, pretrained)
     model = AAM(cfg)
     if pretrained is not None:
         if (pretrained.model_config.n_outputs > 0) != (targets is not None):
@@ -345,8 +361,9 @@ def pretrain(
                              f"continue it {'with' if targets is None else 'without'} "
                              'alpha_diversity too.')
         model.load_state_dict(pretrained.state_dict)
-    result = _train_member(model, data, _split(data, p['validation_size'], p['random_seed']),
-                           settings, p)
+    with runstate.held(lock):
+        result = _train_member(model, data, _split(data, p['validation_size'],
+                                                   p['random_seed']), settings, p)
     return _saved(cfg, p, settings, [result], sample_ids,
                   extra={'alpha_diversity': alpha_diversity is not None,
                          'continued': pretrained is not None,
@@ -411,7 +428,8 @@ def _architecture(p, pretrained, kind='encoder'):
     # an encoder saved before nucleotide_layers existed read bases with attention_layers
     base = {'nucleotide_layers': None, **pretrained.config['model']}
     effective = {**base, 'nucleotide_layers': AAMConfig(**base).asv_layers}
-    clashes = [f'{k}={p[k]} (encoder: {effective[k]})' for k in ARCHITECTURE
+    effective['max_bp'] = pretrained.config['max_bp']
+    clashes = [f'{k}={p[k]} (encoder: {effective[k]})' for k in ARCHITECTURE + ('max_bp',)
                if p.get(k) is not None and k != 'dropout' and p[k] != effective[k]]
     if clashes:
         raise ValueError('These settings differ from the pretrained encoder\'s and cannot be '
@@ -424,7 +442,7 @@ def _architecture(p, pretrained, kind='encoder'):
 
 
 def fit(
-        table: biom.Table, sequences: pd.Series, metadata: qiime2.MetadataColumn,
+        table: BIOMV210Format, sequences: pd.Series, metadata: qiime2.MetadataColumn,
         pretrained: SavedModel = None, distance_matrix: skbio.DistanceMatrix = None,
         continue_from: SavedModel = None, groups: qiime2.CategoricalMetadataColumn = None,
         freeze_encoder: bool = False, ignore_missing_samples: bool = False,
@@ -505,16 +523,18 @@ def fit(
     train_rows, val_rows = _split(data, p['validation_size'], p['random_seed'],
                                   stratify=stratify, groups=group_of)
     folds = _member_folds(p, continue_from, train_rows, stratify, group_of)
-    _start_checkpoints(p, 'fit', data, pretrained, groups=group_of)
+    lock = _start_checkpoints(p, 'fit', data, pretrained, groups=group_of,
+                              continue_from=continue_from, freeze_encoder=freeze_encoder)
     results, held_out = [], []
-    for member in range(p['ensemble_size']):
-        rows = (train_rows if folds is None else folds[member][0]), val_rows
-        start = None if continue_from is None else continue_from.member_states()[member]
-        results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
-                                   class_names=labels, start=start))
-        if folds is not None:
-            held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
-                                              p['device']))
+    with runstate.held(lock):
+        for member in range(p['ensemble_size']):
+            rows = (train_rows if folds is None else folds[member][0]), val_rows
+            start = None if continue_from is None else continue_from.member_states()[member]
+            results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
+                                       class_names=labels, start=start))
+            if folds is not None:
+                held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
+                                                  p['device']))
     stack, fitted, table_oof = _blend(p, cfg, data, counts, seqs, targets, train_rows, folds,
                                       held_out, continue_from, labels, group_of,
                                       settings.target_scale)
@@ -829,7 +849,7 @@ def _check_finite(values, index):
             'check config.json\'s target_mean and target_std, or fit it again.')
 
 
-def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_size: int = 64,
+def predict(model: SavedModel, table: BIOMV210Format, sequences: pd.Series, batch_size: int = 64,
             device: str = 'auto', threads: int = 0) -> pd.Series:
     index, out = _predict_outputs(model, table, sequences, batch_size, device, threads)
     if model.task == 'regression':
@@ -838,7 +858,7 @@ def predict(model: SavedModel, table: biom.Table, sequences: pd.Series, batch_si
     return pd.Series(labels[out.argmax(axis=1)], index=index, name='prediction')
 
 
-def predict_probabilities(model: SavedModel, table: biom.Table, sequences: pd.Series,
+def predict_probabilities(model: SavedModel, table: BIOMV210Format, sequences: pd.Series,
                           batch_size: int = 64, device: str = 'auto',
                           threads: int = 0) -> pd.DataFrame:
     _check_declared_task(model)

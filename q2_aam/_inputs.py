@@ -26,17 +26,76 @@ def note(message):
     print(f'q2-aam: {message}', file=sys.stdout, flush=True)
 
 
+def as_table(view):
+    """The feature table an action was handed, as a biom.Table. QIIME 2 hands the BIOM
+    file; this biom release cannot read IDs with non-ASCII letters (a UnicodeDecodeError
+    deep inside it), so those files are read here, decoding the IDs as UTF-8."""
+    import biom
+    import h5py
+    if isinstance(view, biom.Table):
+        return view
+    path = str(view.path if hasattr(view, 'path') else view)
+    try:
+        with h5py.File(path, 'r') as fh:
+            return biom.Table.from_hdf5(fh)
+    except UnicodeDecodeError:
+        return _read_biom_utf8(path)
+
+
+def _read_biom_utf8(path):
+    import biom
+    import h5py
+    import scipy.sparse as sp
+    try:
+        with h5py.File(path, 'r') as f:
+            ids = {axis: [x.decode('utf-8') if isinstance(x, bytes) else str(x)
+                          for x in f[axis]['ids'][:]] for axis in ('observation', 'sample')}
+            m = f['observation']['matrix']
+            shape = (len(ids['observation']), len(ids['sample']))
+            matrix = sp.csr_matrix((m['data'][:], m['indices'][:], m['indptr'][:]),
+                                   shape=shape)
+    except (KeyError, OSError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f'The feature table could not be read ({type(e).__name__}: {e}): its sample or '
+            'feature IDs are not plain text this biom release can decode. Rename them to '
+            'ASCII letters, digits, dots and dashes (e.g. `qiime feature-table rename-ids`), '
+            'and import the table again.') from None
+    return biom.Table(matrix, ids['observation'], ids['sample'])
+
+
 def table_parts(table):
     """biom.Table -> (samples x features CSR counts, sample IDs, feature IDs)."""
+    table = as_table(table)
     if table.is_empty() or table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError(
             f'The feature table is empty ({table.shape[1]} samples, {table.shape[0]} '
             'features). Give a table with at least one sample that has reads.')
     counts = table.matrix_data.T.tocsr()       # biom stores features x samples
+    _check_counts(counts, list(table.ids('sample')), list(table.ids('observation')))
     # features without a single read carry nothing; they need no sequence either
     used = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
     feature_ids = list(table.ids('observation'))
     return counts[:, used], list(table.ids('sample')), [feature_ids[i] for i in used]
+
+
+def _check_counts(counts, sample_ids, feature_ids):
+    """Counts are finite and not negative: a NaN count shifts predictions silently, an
+    infinite one breaks read subsampling deep inside numpy."""
+    data = counts.data
+    with np.errstate(invalid='ignore'):
+        bad = ~np.isfinite(data) | (data < 0)
+    if not bad.any():
+        return
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[bad]
+    cols = counts.indices[bad]
+    cells = [f'{sample_ids[r]} / {feature_ids[c]} ({data[k]})'
+             for r, c, k in zip(rows[:5], cols[:5], np.flatnonzero(bad)[:5])]
+    raise ValueError(
+        f'The feature table holds {int(bad.sum())} counts that are not finite numbers of '
+        f'at least 0 (NaN, infinite or negative), in {len(set(rows))} samples: '
+        f'{", ".join(cells)}{", …" if bad.sum() > 5 else ""} (sample / feature (count)). '
+        'Nothing was trained or predicted. A feature table holds read counts: rebuild it '
+        'from the denoiser\'s output, or correct those cells.')
 
 
 def sequences_for(feature_ids, sequences):
@@ -50,7 +109,16 @@ def sequences_for(feature_ids, sequences):
             'sequences (FeatureData[Sequence]) that belong to this table, or drop those '
             'features with `qiime feature-table filter-features-conditionally` / '
             '`filter-seqs`.')
-    return [lookup[f] for f in feature_ids]
+    found = [lookup[f] for f in feature_ids]
+    unreadable = [f for f, q in zip(feature_ids, found) if not set(q.upper()) & set('ACGT')]
+    if unreadable:
+        raise ValueError(
+            f'{len(unreadable)} of {len(feature_ids)} features in the table have a sequence '
+            f'with no A, C, G or T (all N or other ambiguity codes): {preview(unreadable)}. '
+            'The model reads ASVs by their bases, so these carry nothing it can read. Drop '
+            'them first (`qiime feature-table filter-features` with their IDs, and '
+            '`qiime feature-table filter-seqs`).')
+    return found
 
 
 def select_samples(counts, sample_ids, keep):
@@ -108,6 +176,9 @@ def target_values(column, sample_ids):
 
 
 OUTLIER_ROBUST_SDS = 10   # a target this many robust SDs from the median gets a warning
+# a regression target beyond this is refused: float32 ends near 3.4e38, and a margin keeps
+# sums and squares of targets finite while training
+FLOAT32_TARGET_LIMIT = 1e30
 
 
 def warn(message):
@@ -124,6 +195,17 @@ def regression_targets(values, column_name):
     y = values.to_numpy(np.float64)
     ids = values.index
     bad = ~np.isfinite(y)
+    # training reads targets as 32-bit floats: larger values become infinite there
+    huge = np.abs(np.where(bad, 0.0, y)) > FLOAT32_TARGET_LIMIT
+    if huge.any():
+        largest = np.flatnonzero(huge)[np.argsort(-np.abs(y[huge]))][:5]
+        shown = ', '.join(f'{ids[i]!s} ({y[i]:g})' for i in largest)
+        raise ValueError(
+            f'Metadata column {column_name!r} cannot be used as a regression target: '
+            f'{int(huge.sum())} of {len(y)} values are beyond what training can represent '
+            f'(32-bit floats, about ±{FLOAT32_TARGET_LIMIT:.0e}): {shown}. Nothing was '
+            'trained. Correct those values, or transform the column (e.g. log, or other '
+            'units) so that it holds ordinary numbers.')
     with np.errstate(over='ignore', invalid='ignore'):
         mean, sd = y[~bad].mean() if (~bad).any() else 0.0, y[~bad].std()
         scaled_ok = np.isfinite(mean) and np.isfinite(sd) and \
@@ -197,7 +279,22 @@ def build_data(counts, sample_ids, feature_ids, sequences, max_asvs, max_bp,
 
 
 def distance_array(distance_matrix, sample_ids):
-    return distance_matrix.filter(sample_ids).data.astype(np.float32)
+    """The matrix's block of these samples, refused when a distance is negative or
+    infinite (NaN is an unknown pair, left out of the loss: pooled studies have them)."""
+    block = distance_matrix.filter(sample_ids).data
+    with np.errstate(invalid='ignore'):
+        bad = np.isinf(block) | (block < 0)
+    if bad.any():
+        i, j = np.nonzero(np.triu(bad, 1) | np.tril(bad, -1).T)
+        pairs = [f'{sample_ids[a]} - {sample_ids[b]} ({block[a, b]})'
+                 for a, b in zip(i[:5], j[:5])]
+        raise ValueError(
+            f'The distance matrix holds {len(i)} distances that are negative or infinite: '
+            f'{", ".join(pairs)}{", …" if len(i) > 5 else ""}. Distances between samples '
+            'are 0 or more (UniFrac lies in [0, 1]); the matrix is damaged or is not a '
+            'distance matrix. Compute it again (e.g. `qiime diversity-lib '
+            'unweighted-unifrac`).')
+    return block.astype(np.float32)
 
 
 def alpha_values(alpha, sample_ids):

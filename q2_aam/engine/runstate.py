@@ -20,14 +20,73 @@ FINISHED = 'finished.pt'
 LAST = 'last_checkpoint.pt'
 
 
+LOCK_FILE = 'run.lock'
+
+
+def digest(*parts):
+    """A short hash of strings and bytes."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+    return h.hexdigest()[:16]
+
+
+class FolderLock:
+    """An exclusive lock on a checkpoint folder for one run's life. The kernel drops it
+    when the process ends, however it ends (a kill -9 included), so a dead run's lock is
+    never stale: the next run simply takes it."""
+
+    def __init__(self, folder):
+        import fcntl
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / LOCK_FILE
+        self.handle = open(self.path, 'a+')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or 'another process'
+            self.handle.close()
+            raise ValueError(
+                f'checkpoint_dir {str(self.folder)!r} is in use by a run that is still going '
+                f'({holder}). Two runs must not share a checkpoint folder: wait for that run '
+                'to end (rerunning then resumes it), or give another checkpoint_dir.') \
+                from None
+        import os
+        import socket
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f'process {os.getpid()} on {socket.gethostname()}\n')
+        self.handle.flush()
+
+    def release(self):
+        if not self.handle.closed:
+            self.handle.close()           # closing drops the lock
+
+
+def lock(folder):
+    return FolderLock(folder)
+
+
+class held:
+    """``with held(lock):`` releases the lock (or nothing, for None) when the block ends."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self.lock
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+        return False
+
+
 def fingerprint(data):
     """Short hashes of what a run trains on: the same command on other data must not
     resume from this folder."""
-    def digest(*parts):
-        h = hashlib.sha256()
-        for part in parts:
-            h.update(part if isinstance(part, bytes) else str(part).encode())
-        return h.hexdigest()[:16]
     rows = [np.concatenate([a, r]) for a, r in zip(data.asvs, data.reads)]
     return {
         'samples': digest('\t'.join(data.sample_ids)),
@@ -100,9 +159,47 @@ def save_finished(folder, result):
         'train_seconds': float(result.train_seconds),
         'train_samples_per_second': float(result.train_samples_per_second),
     }
-    tmp = Path(folder) / (FINISHED + '.tmp')
-    torch.save(payload, tmp)
-    tmp.replace(Path(folder) / FINISHED)
+    atomic_save(payload, Path(folder) / FINISHED)
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside ``path``, then a rename: a reader never sees a
+    half-written file. A failed write (a full disk, a read-only folder) leaves no temporary
+    file and says which path failed and why; the run can be resumed once there is room."""
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise write_error(path, e) from None
+
+
+def write_error(path, error):
+    """An OSError that names the file that could not be written and the likely cause."""
+    import errno
+    import shutil
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = None
+    code = getattr(error, 'errno', None)
+    if code == errno.ENOSPC or (free is not None and free < 64 * 2 ** 20):
+        cause = f'the disk is full ({free or 0:,} bytes free)'
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = 'the folder is not writable'
+    else:
+        cause = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
+    return OSError(code or errno.EIO,
+                   f'Could not write {str(path)!r}: {cause}. Nothing half-written was left '
+                   'behind. Free some space or choose a writable folder, then run the same '
+                   'command again: it resumes from the last epoch saved.')
 
 
 def load_finished(folder):

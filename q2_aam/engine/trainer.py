@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, losses, metrics, optim
+from .runstate import atomic_save, write_error
 from .data import batch_indices
 from .tokens import mask_nucleotides
 
@@ -479,10 +480,14 @@ class Trainer:
                 state.update(best_loss=monitored, best_epoch=epoch, waited=0,
                              best_state=_cpu_state(self.model), validation=table)
                 if s.checkpoint_dir:
-                    _atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
+                    atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
                     if figure is not None:
-                        figure.savefig(Path(s.checkpoint_dir) / f'validation-epoch-{epoch}.png',
-                                       dpi=100)
+                        png = Path(s.checkpoint_dir) / f'validation-epoch-{epoch}.png'
+                        try:
+                            figure.savefig(png, dpi=100)
+                        except OSError as e:
+                            png.unlink(missing_ok=True)
+                            raise write_error(png, e) from None
             else:
                 state['waited'] += 1
             state['history'].append(record)
@@ -547,7 +552,7 @@ class Trainer:
             'best_state': state['best_state'], 'history': state['history'],
             **table_payload(state['validation']),
         }
-        _atomic_save(payload, Path(self.s.checkpoint_dir) / 'last_checkpoint.pt')
+        atomic_save(payload, Path(self.s.checkpoint_dir) / 'last_checkpoint.pt')
 
     def _load_resume(self, path):
         payload = torch.load(path, map_location='cpu', weights_only=True)
@@ -749,13 +754,6 @@ def _summary_line(record, epochs, improved):
 
 def _cpu_state(model):
     return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
-
-
-def _atomic_save(obj, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _read_tree(directory):
