@@ -14,7 +14,8 @@ from q2_types.feature_table import BIOMV210Format
 
 from . import _inputs
 from .engine import calibration, checkpoint, linear, optim, runstate
-from .engine import folds as folds_module, members as members_module, stack as stack_module
+from .engine import folds as folds_module, importance as importance_module
+from .engine import members as members_module, stack as stack_module
 from .engine.checkpoint import SavedModel
 from .engine.data import split_samples
 from .engine.model import AAM, AAMConfig, load_encoder_weights, parameter_count
@@ -530,11 +531,15 @@ def fit(
         for member in range(p['ensemble_size']):
             rows = (train_rows if folds is None else folds[member][0]), val_rows
             start = None if continue_from is None else continue_from.member_states()[member]
-            results.append(_fit_member(cfg, pretrained, data, rows, settings, p, member,
-                                       class_names=labels, start=start))
+            result = _fit_member(cfg, pretrained, data, rows, settings, p, member,
+                                 class_names=labels, start=start)
             if folds is not None:
-                held_out.append(_held_out_outputs(cfg, results[-1], data, folds[member][1],
+                held_out.append(_held_out_outputs(cfg, result, data, folds[member][1],
                                                   p['device']))
+                if REFIT_FRACTION:
+                    result = _refit_member(cfg, result, data, (train_rows, val_rows),
+                                           settings, p, member, labels)
+            results.append(result)
     stack, fitted, table_oof = _blend(p, cfg, data, counts, seqs, targets, train_rows, folds,
                                       held_out, continue_from, labels, group_of,
                                       settings.target_scale)
@@ -544,6 +549,41 @@ def fit(
                          'continued': continue_from is not None,
                          'groups': None if groups is None else groups.name},
                   stack=stack, members=fitted, out_of_fold=table_oof, continued=continue_from)
+
+
+# After a cross-fitted member has predicted its held-out fold, it may train on every
+# training sample for this fraction of the epochs more (at REFIT_LR_RATIO of the learning
+# rate), so that the model keeps no member that never saw a fifth of the samples. Off: the
+# measurement (benchmarks/results.md, "Stacking") decides.
+REFIT_FRACTION = 0.0
+REFIT_LR_RATIO = 0.3
+
+
+def _refit_member(cfg, first, data, rows, settings, p, member, labels):
+    """A cross-fitted member trained on for a short while on every training sample; one
+    TrainResult of both phases (epochs numbered on, the second phase's logs under
+    refit/)."""
+    import time
+    seed = p['random_seed'] + member
+    model = AAM(cfg)
+    model.load_state_dict(first.state_dict)
+    tb = settings.tensorboard_dir
+    more = dataclasses.replace(
+        settings, epochs=max(1, int(round(REFIT_FRACTION * settings.epochs))),
+        learning_rate=settings.learning_rate * REFIT_LR_RATIO, random_seed=seed,
+        tensorboard_dir=tb and os.path.join(tb, f'member-{member}-refit'))
+    seed_everything(seed)
+    started = time.perf_counter()
+    second = _train_member(model, data, rows, more, p, f'{member}-refit', class_names=labels)
+    offset = first.epochs_run
+    history = pd.concat([first.history, second.history.assign(
+        epoch=second.history['epoch'] + offset)], ignore_index=True)
+    return dataclasses.replace(
+        second, history=history, best_epoch=offset + second.best_epoch,
+        epochs_run=offset + second.epochs_run,
+        tensorboard={**first.tensorboard, **{f'refit/{k}': v for k, v in
+                                             second.tensorboard.items()}},
+        train_seconds=first.train_seconds + (time.perf_counter() - started))
 
 
 def _member_folds(p, continue_from, train_rows, stratify, group_of):
@@ -869,3 +909,41 @@ def predict_probabilities(model: SavedModel, table: BIOMV210Format, sequences: p
                                             threads)
     return pd.DataFrame(probabilities.astype(np.float64), index=index,
                         columns=list(model.config['labels']))
+
+
+def feature_importance(model: SavedModel, table: BIOMV210Format,
+                       sequences: pd.Series) -> pd.DataFrame:
+    """Each ASV's importance to each member of a fitted model and to its blend, over the
+    samples of ``table`` (the training samples, to explain what the model learnt)."""
+    _check_declared_task(model)
+    if model.task == 'encoder':
+        raise ValueError('This model is a pretrained encoder: it predicts nothing, so no ASV '
+                         'matters to a prediction. Fit a regressor or classifier from it.')
+    counts, sample_ids, feature_ids = _inputs.table_parts(table)
+    seqs = _inputs.sequences_for(feature_ids, sequences)
+    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
+                              model.config['max_asvs'], model.config['max_bp'])
+    members = {'transformer': importance_module.transformer_importance(
+        model.build_models(), data)}
+    # build_data keeps the features the samples use: report on those, in that order
+    used = list(data.feature_ids)
+    order = {f: i for i, f in enumerate(feature_ids)}
+    cols = [order[f] for f in used]
+    used_counts, used_seqs = counts[:, cols], [seqs[i] for i in cols]
+    if model.linear is not None:
+        members['linear'] = importance_module.linear_importance(model.linear, used_counts,
+                                                                used_seqs)
+    if model.tree is not None:
+        members['tree'] = importance_module.tree_importance(model.tree, used_seqs)
+    if 'stack' in model.config:
+        weights = dict(zip(model.config['stack']['members'], model.config['stack']['weights']))
+    else:          # a model from before stacking: its linear weight
+        w = model.config['linear']['weight'] if model.linear is not None else 0.0
+        weights = {'transformer': 1 - w, 'linear': w}
+    table_out = pd.DataFrame({'importance': importance_module.blend_importance(members,
+                                                                               weights)},
+                             index=pd.Index(used, name='feature-id'))
+    for name in stack_module.MEMBERS:
+        if name in members:
+            table_out[name] = members[name]
+    return table_out.sort_values('importance', ascending=False)

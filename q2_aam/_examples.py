@@ -105,3 +105,72 @@ def plot_validation(use):
         use.UsageAction('aam', 'plot_validation'),
         use.UsageInputs(model=_classifier(use)),
         use.UsageOutputNames(visualization='classifier_validation'))
+
+
+def feature_importance(use):
+    table, sequences = _inputs(use)
+    importance, = use.action(
+        use.UsageAction('aam', 'feature_importance'),
+        use.UsageInputs(model=_classifier(use), table=table, sequences=sequences),
+        use.UsageOutputNames(feature_importance='importance'))
+    importance.assert_output_type('FeatureData[Importance]')
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_predictions():
+    from qiime2.plugins.aam.methods import predict
+    return predict(model=_tiny_classifier(), table=_artifact('table.qza')(),
+                   sequences=_artifact('rep-seqs.qza')()).predictions
+
+
+def accuracy_report(use):
+    predictions = use.init_artifact('predictions', _tiny_predictions)
+    metadata = use.init_metadata('sample_metadata', _metadata)
+    body_site = use.get_metadata_column('body_site', 'body-site', metadata)
+    use.action(
+        use.UsageAction('aam', 'accuracy_report'),
+        use.UsageInputs(predictions=predictions, truth=body_site),
+        use.UsageOutputNames(visualization='accuracy'))
+
+
+# the pipelines fit two tiny members (the stack needs two folds); with a study of many
+# subjects, pass groups=subject to keep each subject on one side (this one has two)
+PIPELINE = dict(epochs=2, ensemble_size=2, max_asvs=64, random_state=1)
+
+
+def _pipeline(use, action, column, ncv):
+    table, sequences = _inputs(use)
+    metadata = use.init_metadata('sample_metadata', _metadata)
+    target = use.get_metadata_column(column.replace('-', '_'), column, metadata)
+    classifier_ = column == 'body-site'
+    names = dict(predictions='predictions', feature_importance='importance',
+                 accuracy_results='accuracy_results')
+    if classifier_:
+        names['probabilities'] = 'probabilities'
+    if not ncv:
+        names.update(model='model', training_targets='training_targets',
+                     test_targets='test_targets')
+    extra = dict(cv=2) if ncv else dict(test_size=0.5)
+    results = use.action(
+        use.UsageAction('aam', action),
+        use.UsageInputs(table=table, sequences=sequences, metadata=target, **PIPELINE,
+                        **extra),
+        use.UsageOutputNames(**names))
+    results.predictions.assert_output_type(
+        'SampleData[ClassifierPredictions]' if classifier_ else 'SampleData[RegressorPredictions]')
+
+
+def classify_samples(use):
+    _pipeline(use, 'classify_samples', 'body-site', ncv=False)
+
+
+def regress_samples(use):
+    _pipeline(use, 'regress_samples', 'days-since-experiment-start', ncv=False)
+
+
+def classify_samples_ncv(use):
+    _pipeline(use, 'classify_samples_ncv', 'body-site', ncv=True)
+
+
+def regress_samples_ncv(use):
+    _pipeline(use, 'regress_samples_ncv', 'days-since-experiment-start', ncv=True)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import q2templates
+import qiime2
 
 from .engine import metrics, plots
 from .engine.checkpoint import SavedModel
@@ -128,4 +129,118 @@ def plot_validation(output_dir: str, model: SavedModel) -> None:
             'member_metric': member_metric, 'member_loss': member_loss,
             'last_epoch': [(html.escape(str(k)), f'{v:.4g}' if isinstance(v, float) else v)
                            for k, v in last.items()],
+        })
+
+
+def _scores(task, truth, predicted, probabilities, labels):
+    """{metric: function of row indices} for one model's test predictions."""
+    if task == 'regression':
+        return {'R²': lambda r: metrics.regression_metrics(truth[r], predicted[r])['r2'],
+                'MAE': lambda r: metrics.regression_metrics(truth[r], predicted[r])['mae']}
+    lookup = {c: i for i, c in enumerate(labels)}
+    t = np.array([lookup[x] for x in truth])
+    p = np.array([lookup.get(x, -1) for x in predicted])
+    out = {'accuracy': lambda r: float((t[r] == p[r]).mean())}
+    if probabilities is not None:
+        out['AUROC (macro, one-vs-rest)'] = lambda r: metrics.classification_metrics(
+            t[r], probabilities[r], len(labels))['auroc']
+    return out
+
+
+def _probability_matrix(frame, ids, labels):
+    if frame is None:
+        return None
+    frame = frame.reindex(index=ids, columns=labels).fillna(0.0)
+    return frame.to_numpy(float)
+
+
+def accuracy_report(output_dir: str, predictions: pd.Series, truth: qiime2.MetadataColumn,
+                    baseline_predictions: pd.Series = None,
+                    probabilities: pd.DataFrame = None,
+                    baseline_probabilities: pd.DataFrame = None,
+                    training_targets: pd.Series = None,
+                    groups: qiime2.CategoricalMetadataColumn = None) -> None:
+    ids = [str(i) for i in predictions.index]
+    values = truth.to_series()
+    values.index = values.index.astype(str)
+    missing = [i for i in ids if i not in values.index or pd.isna(values.get(i))]
+    if missing:
+        raise ValueError(f'{len(missing)} of {len(ids)} predicted samples have no true value '
+                         f'in metadata column {truth.name!r}: {missing[:5]}. Give the column '
+                         'the predictions were made for.')
+    regression = isinstance(truth, qiime2.NumericMetadataColumn)
+    task = 'regression' if regression else 'classification'
+    t = values.reindex(ids).to_numpy(float if regression else object)
+    if not regression:
+        t = t.astype(str)
+    labels = None if regression else sorted(set(t) | set(predictions.astype(str)) | (
+        set(probabilities.columns) if probabilities is not None else set()))
+    models = [('q2-aam', predictions, probabilities)]
+    if baseline_predictions is not None:
+        models.append(('random forest (q2-sample-classifier defaults)', baseline_predictions,
+                       baseline_probabilities))
+    units = None
+    group_rows = []
+    if groups is not None:
+        g = groups.to_series()
+        g.index = g.index.astype(str)
+        units = g.reindex(ids).astype(str).to_numpy()
+        test_groups = set(units)
+        group_rows.append(('groups among the test samples', len(test_groups)))
+        if training_targets is not None:
+            train_groups = set(g.reindex([str(i) for i in training_targets.index])
+                               .astype(str))
+            group_rows += [('groups among the training samples', len(train_groups)),
+                           ('groups on both sides', len(test_groups & train_groups))]
+    rows, funcs = [], {}
+    for name, pred, prob in models:
+        pred = pred.reindex(ids)
+        p = pred.to_numpy(float) if regression else pred.astype(str).to_numpy()
+        scored = _scores(task, t, p, _probability_matrix(prob, ids, labels)
+                         if not regression else None, labels)
+        funcs[name] = scored
+        for metric, f in scored.items():
+            everyone = np.arange(len(ids))
+            low, high = metrics.bootstrap_interval(f, len(ids), units)
+            rows.append((name, metric, f'{f(everyone):.3f}', f'({low:.3f}, {high:.3f})'))
+    differences = []
+    if len(models) == 2:
+        ours, theirs = funcs[models[0][0]], funcs[models[1][0]]
+        for metric in ours:
+            if metric in theirs:
+                diff = (lambda r, m=metric: ours[m](r) - theirs[m](r))
+                low, high = metrics.bootstrap_interval(diff, len(ids), units)
+                differences.append((metric, f'{diff(np.arange(len(ids))):+.3f}',
+                                    f'({low:+.3f}, {high:+.3f})'))
+    figures = []
+    for k, (name, pred, _) in enumerate(models):
+        pred = pred.reindex(ids)
+        if regression:
+            fig = plots.regression_figure(t, pred.to_numpy(float), title=name.split(' (')[0])
+        else:
+            lookup = {c: i for i, c in enumerate(labels)}
+            fig = plots.confusion_figure([lookup[x] for x in t],
+                                         [lookup[x] for x in pred.astype(str)], labels,
+                                         title=name.split(' (')[0])
+        plots.save_figure(fig, os.path.join(output_dir, f'model-{k}'))
+        figures.append((f'model-{k}', name))
+    if not regression and probabilities is not None:
+        fig = plots.roc_figure([lookup[x] for x in t], [
+            (name, _probability_matrix(prob, ids, labels)) for name, _, prob in models
+            if prob is not None], labels)
+        plots.save_figure(fig, os.path.join(output_dir, 'roc'))
+        figures.append(('roc', 'ROC curves (one-vs-rest, macro average)'))
+    table = pd.DataFrame({'truth': t}, index=pd.Index(ids, name='sample-id'))
+    for name, pred, _ in models:
+        table[name] = pred.reindex(ids).to_numpy()
+    table.to_csv(os.path.join(output_dir, 'predictions.tsv'), sep='\t')
+    template = importlib.resources.files('q2_aam') / 'assets' / 'accuracy' / 'index.html'
+    with importlib.resources.as_file(template) as path:
+        q2templates.render(str(path), output_dir, context={
+            'title': f'q2-aam {task}: accuracy on {len(ids)} test samples',
+            'rows': [tuple(html.escape(str(x)) for x in r) for r in rows],
+            'differences': [tuple(html.escape(str(x)) for x in r) for r in differences],
+            'groups': [(html.escape(str(k)), v) for k, v in group_rows],
+            'grouped': groups is not None,
+            'figures': figures,
         })

@@ -14,14 +14,19 @@ from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency
 from q2_types.sample_data import AlphaDiversity, SampleData
 from q2_types.tree import Phylogeny, Rooted
-from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
+from q2_sample_classifier import (ClassifierPredictions, Importance, Probabilities,
+                                  RegressorPredictions, TrueTargets)
+from qiime2.plugin import Visualization
 
 from . import __version__, _examples
-from ._actions import DEFAULTS, FIT_ARCHITECTURE, fit, predict, predict_probabilities, pretrain
+from ._actions import (DEFAULTS, FIT_ARCHITECTURE, feature_importance, fit, predict,
+                       predict_probabilities, pretrain)
+from ._pipelines import (FIT_PASSED, classify_samples, classify_samples_ncv, regress_samples,
+                         regress_samples_ncv)
 from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMTreeFormat,
                        AAMWeightsFormat, TensorBoardEventsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
-from ._visualizers import plot_validation
+from ._visualizers import accuracy_report, plot_validation
 from .engine.optim import OPTIMIZERS, SCHEDULERS
 
 # Newer QIIME 2 has a Threads type (an integer or 'auto'); 2022.11 does not.
@@ -218,6 +223,10 @@ descriptions = {
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }
+IMPORTANCE_DESCRIPTION = (
+    'One row per ASV: "importance" (the blend\'s) first, then each member\'s '
+    '(transformer, linear, tree), sorted by the blend\'s; q2-sample-classifier\'s heatmap '
+    'reads it.')
 GROUPS_DESCRIPTION = (
     'Optional categorical column naming each sample\'s subject (a person, a mouse, a site '
     'sampled repeatedly). Folds then keep all samples of a subject on one side, so the '
@@ -379,6 +388,144 @@ plugin.visualizers.register_function(
     citations=[],
     examples={'plot_validation': _examples.plot_validation},
 )
+
+plugin.methods.register_function(
+    function=feature_importance,
+    inputs={'model': AAMModel[AAMRegressor | AAMClassifier], **inputs_common},
+    parameters={},
+    outputs=[('feature_importance', FeatureData[Importance])],
+    input_descriptions={'model': 'A model from `fit`.',
+                        'table': 'The samples to explain the model over: its training '
+                                 'samples, to read what it learnt.',
+                        'sequences': input_descriptions_common['sequences']},
+    parameter_descriptions={},
+    output_descriptions={'feature_importance': IMPORTANCE_DESCRIPTION},
+    name='How much each ASV matters to each member of a model',
+    description='Ranks the ASVs of a table by how much the model leans on them: the '
+                'linear member by its coefficients on standardised log abundance, the tree '
+                'member by the forest\'s impurity importance, the transformers by '
+                '|gradient x abundance| averaged over the samples, and the blend (column '
+                '"importance") by the members\' importances, each scaled to sum to 1, '
+                'weighed by the stack\'s weights. These rank what the model uses; they are '
+                'not causes, and correlated ASVs share credit unevenly.',
+    citations=ENGINE_CITATIONS,
+    examples={'feature_importance': _examples.feature_importance},
+)
+
+plugin.visualizers.register_function(
+    function=accuracy_report,
+    inputs={'predictions': SampleData[ClassifierPredictions | RegressorPredictions],
+            'baseline_predictions': SampleData[ClassifierPredictions | RegressorPredictions],
+            'probabilities': SampleData[Probabilities],
+            'baseline_probabilities': SampleData[Probabilities],
+            'training_targets': SampleData[TrueTargets]},
+    parameters={'truth': MetadataColumn[Numeric | Categorical],
+                'groups': MetadataColumn[Categorical]},
+    input_descriptions={
+        'predictions': 'q2-aam\'s predictions of test samples.',
+        'baseline_predictions': 'Optional predictions of the same samples by another model '
+                                '(the pipelines give q2-sample-classifier\'s default random '
+                                'forest, fitted on the same training samples).',
+        'probabilities': 'Optional class probabilities of q2-aam (for the ROC curves).',
+        'baseline_probabilities': 'Optional class probabilities of the other model.',
+        'training_targets': 'Optional training samples (to count groups on each side).'},
+    parameter_descriptions={
+        'truth': 'The true values of the predicted samples.',
+        'groups': 'Optional subjects: intervals then resample whole subjects, and the '
+                  'report counts them on each side.'},
+    name='Accuracy of predictions, beside a random forest on the same split',
+    description='Scores test predictions (accuracy and AUROC, or R² and MAE) with 95 % '
+                'bootstrap intervals, beside a second model\'s on the same samples, with '
+                'the paired difference, confusion matrices or predicted-against-true plots, '
+                'ROC curves and, for grouped splits, how many groups are on each side.',
+    citations=[],
+    examples={'accuracy_report': _examples.accuracy_report},
+)
+
+pipeline_parameters = {
+    'groups': MetadataColumn[Categorical],
+    'test_size': Float % Range(0.0, 1.0, inclusive_start=False, inclusive_end=False),
+    'cv': _upto(2, 100),
+    'random_state': _upto(0, 2 ** 31 - 1),
+    'stratify': Bool,
+    'missing_samples': Str % Choices(['error', 'ignore']),
+    **{k: (fitting if k in fitting else training)[k] for k in FIT_PASSED},
+}
+pipeline_descriptions = {
+    'groups': GROUPS_DESCRIPTION + ' Every split keeps a group on one side.',
+    'test_size': 'Fraction of the samples to test on (with groups: of the groups, so the '
+                 'share of samples is near it, not exact).',
+    'cv': 'Folds: every sample is predicted once, by a model fitted on the other folds '
+          '(whole groups per fold with groups).',
+    'random_state': 'Seed of the split and of fit (fit\'s random_seed).',
+    'stratify': 'Regressors: keep the target\'s quintiles in proportion on each side '
+                '(classifiers always stratify by class).',
+    'missing_samples': 'Table samples without a metadata value: error stops, ignore leaves '
+                       'them out with a note.',
+    **{k: descriptions[k] for k in FIT_PASSED},
+}
+pipeline_inputs = {**inputs_common, 'pretrained': AAMModel[AAMEncoder]}
+pipeline_input_descriptions = {
+    **input_descriptions_common,
+    'pretrained': 'Optional encoder from `pretrain` for every fit (see `fit`).'}
+common_outputs = {
+    'feature_importance': IMPORTANCE_DESCRIPTION,
+    'accuracy_results': 'The test scores of q2-aam and of q2-sample-classifier\'s default '
+                        'random forest on the same split, with 95 % intervals.',
+    'training_targets': 'The true values of the training samples.',
+    'test_targets': 'The true values of the test samples.'}
+
+
+def _register_pipeline(function, task, ncv):
+    classifier_ = task == 'classification'
+    predictions = SampleData[ClassifierPredictions if classifier_ else RegressorPredictions]
+    outputs = ([] if ncv else [('model', AAMModel[AAMClassifier if classifier_
+                                                  else AAMRegressor])])
+    outputs.append(('predictions', predictions))
+    if classifier_:
+        outputs.append(('probabilities', SampleData[Probabilities]))
+    outputs += [('feature_importance', FeatureData[Importance]),
+                ('accuracy_results', Visualization)]
+    if not ncv:
+        outputs += [('training_targets', SampleData[TrueTargets]),
+                    ('test_targets', SampleData[TrueTargets])]
+    params = {k: v for k, v in pipeline_parameters.items()
+              if not (k == 'stratify' and classifier_) and k != ('test_size' if ncv else 'cv')}
+    params['metadata'] = MetadataColumn[Categorical if classifier_ else Numeric]
+    word = 'classifier' if classifier_ else 'regressor'
+    how = ('every sample is predicted once by a model fitted on the other folds' if ncv else
+           'the samples are split into training and test samples')
+    plugin.pipelines.register_function(
+        function=function, inputs=pipeline_inputs, parameters=params, outputs=outputs,
+        input_descriptions=pipeline_input_descriptions,
+        parameter_descriptions={
+            'metadata': f'The {"categorical" if classifier_ else "numeric"} metadata column '
+                        'to predict.',
+            **{k: pipeline_descriptions[k] for k in params if k != 'metadata'}},
+        output_descriptions={k: v for k, v in {
+            'model': f'The q2-aam {word} fitted on the training samples.',
+            'predictions': ('Out-of-fold predictions of every sample.' if ncv else
+                            'Predictions of the test samples.'),
+            'probabilities': 'Class probabilities of the same samples.',
+            **common_outputs}.items() if k in dict(outputs)},
+        name=(f'Predict {"categories" if classifier_ else "a number"} with q2-aam, '
+              f'{"every sample predicted out of fold" if ncv else "split, fit, test"}'),
+        description=(f'q2-sample-classifier\'s {function.__name__.replace("_", "-")} '
+                     f'workflow with q2-aam\'s fit: {how}'
+                     f'{"" if ncv else " (stratified by class)" if classifier_ else ""}; with '
+                     '`groups`, whole subjects stay on one side, so the score is that of new '
+                     'subjects. The report puts q2-sample-classifier\'s default random forest, '
+                     'fitted on the same training samples, beside it.'),
+        citations=ENGINE_CITATIONS,
+        examples={function.__name__: getattr(_examples, function.__name__)},
+    )
+
+
+for _function, _task, _ncv in ((classify_samples, 'classification', False),
+                               (regress_samples, 'regression', False),
+                               (classify_samples_ncv, 'classification', True),
+                               (regress_samples_ncv, 'regression', True)):
+    _register_pipeline(_function, _task, _ncv)
 
 # -- types, formats, transformers -----------------------------------------------------
 plugin.register_semantic_types(AAMModel, AAMEncoder, AAMRegressor, AAMClassifier)

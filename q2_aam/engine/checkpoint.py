@@ -317,7 +317,8 @@ def write_tree(tree, path):
     with open(path, 'wb') as fh:
         np.savez_compressed(fh, sequences=np.asarray(tree.sequences, dtype=str),
                             roots=tree.roots, left=tree.left, right=tree.right,
-                            feature=tree.feature, threshold=tree.threshold, value=tree.value)
+                            feature=tree.feature, threshold=tree.threshold, value=tree.value,
+                            importance=tree.importance)
 
 
 def read_tree(directory, config):
@@ -338,7 +339,7 @@ def read_tree(directory, config):
             missing = [k for k in TREE_ARRAYS if k not in arrays.files]
             if missing:
                 raise ModelFileError(f'{TREE_FILE} lacks the arrays {", ".join(missing)}.')
-            a = {k: arrays[k] for k in TREE_ARRAYS}
+            a = {k: arrays[k] for k in TREE_ARRAYS + ('importance',) if k in arrays.files}
     except ModelFileError:
         raise
     except Exception as e:        # a truncated zip, bad bytes, object arrays refused
@@ -350,7 +351,9 @@ def read_tree(directory, config):
                          *(a[k].astype(np.int64, casting='safe') for k in
                            ('roots', 'left', 'right', 'feature')),
                          a['threshold'].astype(np.float64, casting='safe'),
-                         np.atleast_2d(a['value'].astype(np.float64, casting='safe')))
+                         np.atleast_2d(a['value'].astype(np.float64, casting='safe')),
+                         a['importance'].astype(np.float64, casting='safe')
+                         if 'importance' in a else None)
         outputs = 1 if config['task'] == 'regression' else len(config['labels'])
         check_trees(tree, outputs)
     except (TypeError, ValueError) as e:

@@ -71,3 +71,24 @@ def classification_metrics(truth, probabilities, n_classes):
             'f1': float(f1[present].mean()),
             'auroc': float(np.mean(aucs)) if aucs else float('nan'),
             'n': int(len(truth))}
+
+
+def bootstrap_interval(score, n, units=None, draws=2000, seed=0):
+    """95 % percentile interval of ``score(rows)`` over resamples of the ``n`` rows (of
+    whole units, e.g. subjects, when ``units`` names each row's). ``score`` takes an index
+    array; resamples it cannot score (NaN) are skipped."""
+    rng = np.random.default_rng(seed)
+    if units is None:
+        groups = [np.array([i]) for i in range(n)]
+    else:
+        units = np.asarray(units).astype(str)
+        groups = [np.flatnonzero(units == u) for u in np.unique(units)]
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(groups), len(groups))
+        value = score(np.concatenate([groups[g] for g in pick]))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float('nan'), float('nan')
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))

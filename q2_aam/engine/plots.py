@@ -59,6 +59,35 @@ def confusion_figure(truth, predicted, class_names, title='Validation'):
     return fig
 
 
+def roc_figure(truth, models, class_names):
+    """One-vs-rest ROC curve of every class, averaged over classes (macro), per model:
+    ``models`` is [(name, (n, C) probabilities)]."""
+    truth = np.asarray(truth, int)
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    grid = np.linspace(0, 1, 101)
+    for name, prob in models:
+        curves = []
+        for c in range(len(class_names)):
+            positive = truth == c
+            if positive.all() or not positive.any():
+                continue
+            order = np.argsort(-prob[:, c], kind='mergesort')
+            tp = np.concatenate([[0], np.cumsum(positive[order])]) / positive.sum()
+            fp = np.concatenate([[0], np.cumsum(~positive[order])]) / (~positive).sum()
+            curves.append(np.interp(grid, fp, tp))
+        if curves:
+            auc = classification_metrics(truth, prob, len(class_names))['auroc']
+            ax.plot(grid, np.mean(curves, axis=0), label=f'{name.split(" (")[0]} '
+                                                         f'(AUROC {auc:.3f})')
+    ax.plot([0, 1], [0, 1], '--', color='grey')
+    ax.set_xlabel('false positive rate')
+    ax.set_ylabel('true positive rate')
+    ax.legend(loc='lower right', fontsize='small')
+    fig.tight_layout()
+    return fig
+
+
 def unifrac_figure(truth, predicted, title='Validation'):
     """Embedding distance vs UniFrac distance for sample pairs."""
     fig = regression_figure(truth, predicted, title)

@@ -87,15 +87,19 @@ def scores(task, predicted, truth):
             'log_loss': float(_loss(task, predicted[None], truth)[0])}
 
 
-def fit_stack(out_of_fold, truth, task, folds=None, grouped=False):
+def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
+              shrink_samples=SHRINK_SAMPLES, calibrate=True):
     """``out_of_fold``: member name -> (n,) values or (n, C) probabilities, one honest
-    prediction per training sample. Returns the Stack."""
+    prediction per training sample. Returns the Stack. ``shrink_samples`` and
+    ``calibrate`` (a classifier's members and blend) are fit's fixed choices; other values
+    are for benchmarks/restack.py, which compares rules on kept predictions."""
     names = [m for m in MEMBERS if m in out_of_fold]
     truth = np.asarray(truth)
     calibration = None
     preds = {m: np.asarray(out_of_fold[m], np.float64) for m in names}
     if task == 'classification':
         truth = truth.astype(np.int64)
+    if task == 'classification' and calibrate:
         n_classes = preds[names[0]].shape[1]
         calibration = {m: fit_class_calibration(_log_probabilities(preds[m]), truth, n_classes)
                        for m in names}
@@ -106,11 +110,11 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False):
     blended = np.tensordot(grid, stacked, axes=1)                    # (G, n[, C])
     losses = _loss(task, blended, truth)
     best = grid[int(np.argmin(losses))]
-    shrink = SHRINK_SAMPLES / (len(truth) + SHRINK_SAMPLES)
+    shrink = shrink_samples / (len(truth) + shrink_samples)
     weights = (1 - shrink) * best + shrink / len(names)
     blend = np.tensordot(weights, stacked, axes=1)
     blend_calibration = None
-    if task == 'classification':
+    if task == 'classification' and calibrate:
         blend_calibration = fit_class_calibration(_log_probabilities(blend), truth,
                                                   blend.shape[1])
         blend = _softmax(apply_class_calibration(_log_probabilities(blend), blend_calibration))

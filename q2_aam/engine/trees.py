@@ -37,6 +37,7 @@ class TreeModel:
     feature: np.ndarray       # (N,) int64, LEAF at leaves
     threshold: np.ndarray     # (N,) float64
     value: np.ndarray         # (N, outputs) float64
+    importance: np.ndarray = None   # (F,) scikit-learn's impurity importance, summing to 1
 
     @property
     def n_outputs(self):
@@ -87,7 +88,7 @@ def fit_trees(counts, sequences, targets, task, n_classes=None, seed=0, n_trees=
     return TreeModel(task, known, np.array([p['root'] for p in parts], np.int64),
                      join('left').astype(np.int64), join('right').astype(np.int64),
                      join('feature').astype(np.int64), join('threshold').astype(np.float64),
-                     join('value'))
+                     join('value'), np.asarray(forest.feature_importances_, np.float64))
 
 
 def tree_outputs(model, counts, sequences, chunk=1024):
@@ -132,6 +133,11 @@ def check_trees(model, n_outputs):
     for child in (model.left[inner], model.right[inner]):
         if (child <= nodes[inner]).any() or (child >= n).any():
             raise ValueError('a node\'s child is not a later node of it.')
+    if model.importance is not None and (
+            model.importance.shape != (len(model.sequences),) or
+            not np.isfinite(model.importance).all() or (model.importance < 0).any()):
+        raise ValueError(f'its importances must be {len(model.sequences)} finite numbers of '
+                         'at least 0, one per sequence.')
     f = model.feature[inner]
     if len(f) and (f.min() < 0 or f.max() >= len(model.sequences)):
         raise ValueError(f'a node splits on a feature outside its {len(model.sequences)} '
