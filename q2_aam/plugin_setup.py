@@ -403,8 +403,9 @@ plugin.methods.register_function(
     name='How much each ASV matters to each member of a model',
     description='Ranks the ASVs of a table by how much the model leans on them: the '
                 'linear member by its coefficients on standardised log abundance, the tree '
-                'member by the forest\'s impurity importance, the transformers by '
-                '|gradient x abundance| averaged over the samples, and the blend (column '
+                'member by the forest\'s impurity importance, the transformers by how far '
+                'a sample\'s prediction moves when the ASV is taken out of it (averaged over '
+                'the samples), and the blend (column '
                 '"importance") by the members\' importances, each scaled to sum to 1, '
                 'weighed by the stack\'s weights. These rank what the model uses; they are '
                 'not causes, and correlated ASVs share credit unevenly.',

@@ -3,6 +3,8 @@
 - ``linear``: the target is a sum of log abundances of five ASVs (every sample has them all);
 - ``interaction``: the class is whether exactly one of two ASVs is abundant (an exclusive
   or: no weighted sum of abundances tells it, a tree's two splits do);
+- ``planted``: the class is which of two pairs of ASVs a sample has (every member can read
+  it, and each should rank those four first);
 - ``sequence``: every sample has ASVs of its own, never seen in another sample, and the class
   is which of two motifs their sequences carry: a model that knows ASVs by identity (the
   linear and tree members) learns nothing, one that reads sequences does.
@@ -47,10 +49,17 @@ def study(kind, n=60, seed=0):
         abundance[:, 0] = np.where(a, 5.0, 0.0)
         abundance[:, 1] = np.where(b, 5.0, 0.0)
         targets = np.where(a ^ b, 'one', 'both-or-none').astype(object)
+    elif kind == 'planted':      # class b has ASVs 0 and 1, class a ASVs 2 and 3 instead,
+        y = np.arange(n) % 2 == 1          # as abundant, so the others' shares do not differ
+        abundance[:, 0] = np.where(y, 8.0, 0.0)
+        abundance[:, 1] = np.where(y, 6.0, 0.0)
+        abundance[:, 2] = np.where(y, 0.0, 8.0)
+        abundance[:, 3] = np.where(y, 0.0, 6.0)
+        targets = np.where(y, 'b', 'a').astype(object)
     else:
         raise ValueError(kind)
     counts = np.round(abundance / abundance.sum(1, keepdims=True) * 5000).astype(np.int64)
-    counts[:, 2:] += 1                   # every sample has reads in the other ASVs
+    counts[:, 4:] += 1                   # every sample has reads in the other ASVs
     return counts, ids, [f'f{k}' for k in range(f)], seqs, targets, groups
 
 

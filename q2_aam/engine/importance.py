@@ -4,9 +4,9 @@
   (a coefficient on standardised log abundance: what one standard deviation of that ASV
   moves the prediction by; for a classifier, over the classes in quadrature);
 - the tree member: scikit-learn's impurity importance of the forest (saved with it);
-- the transformer ensemble: |gradient x abundance| of each sample's output with respect to
-  each of its ASVs' abundances, averaged over the samples given and the members (for a
-  classifier, the log probability of the class each sample is predicted to be);
+- the transformer ensemble: how far each sample's output moves when one of its ASVs is
+  taken out (occlusion), averaged over the samples given and the members (for a classifier,
+  the logit of the class each sample is predicted to be, over the mean logit);
 - the blend: each member's importances scaled to sum to 1, weighed by the stack's weights.
 
 What they are not: causes, or effects that hold in another study. Each member ranks what it
@@ -20,27 +20,44 @@ from .data import batch_indices
 from .linear import log_abundance
 
 
+def _target(out):
+    """The number an attribution follows: a regressor's output; a classifier's predicted
+    class's logit over the mean logit (it does not saturate as a probability does)."""
+    if out.shape[1] == 1:
+        return out[:, 0].float()
+    out = out.float()
+    return out.gather(1, out.argmax(1, keepdim=True))[:, 0] - out.mean(1)
+
+
+@torch.no_grad()
 def transformer_importance(models, data, batch_size=64):
-    """(F,) mean |d output / d abundance x abundance| per feature column of ``data``."""
+    """(F,) per feature column of ``data``: how far each sample's output moves when one of
+    its ASVs is taken out (occlusion), averaged over the samples given and the members.
+    Why not gradient x abundance: the model reads log abundance, whose gradient x input is
+    the same for every ASV present, so it ranks nothing."""
+    from .trainer import encode_all_asvs
     total = np.zeros(len(data.feature_ids))
     for model in models:
         model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        vectors = encode_all_asvs(model, data, torch.device('cpu'))
         for rows in batch_indices(np.arange(len(data)), batch_size):
             batch = data.make_batch(rows, distances=False)
-            abundance = batch.abundance.clone().requires_grad_(True)            # (B, K)
-            out = model(batch.tokens, batch.asv_index, abundance)['prediction']  # (B, C)
-            if out.shape[1] == 1:
-                target = out[:, 0]
-            else:
-                logp = torch.log_softmax(out.float(), dim=-1)
-                target = logp.gather(1, logp.argmax(1, keepdim=True))[:, 0]
-            target.sum().backward()          # samples do not interact: per-sample gradients
-            contribution = (abundance.grad * abundance).abs().detach().numpy()   # (B, K)
+            asv_vectors = vectors[batch.features]
+            full = _target(model(batch.tokens, batch.asv_index, batch.abundance,
+                                 asv_vectors=asv_vectors)['prediction'])     # (B,)
             index = batch.asv_index.numpy()
-            valid = index >= 0
-            np.add.at(total, batch.features[index[valid]], contribution[valid])
+            for k in range(index.shape[1]):
+                present = index[:, k] >= 0
+                if not present.any():
+                    continue
+                without = batch.asv_index.clone()
+                without[:, k] = -1
+                abundance = batch.abundance.clone()
+                abundance[:, k] = 0
+                moved = _target(model(batch.tokens, without, abundance,
+                                      asv_vectors=asv_vectors)['prediction'])
+                change = (full - moved).abs().numpy()
+                np.add.at(total, batch.features[index[present, k]], change[present])
     return total / max(1, len(models) * len(data))
 
 
