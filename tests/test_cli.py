@@ -64,9 +64,25 @@ def test_info_lists_aam(qiime):
 
 def test_aam_help_lists_the_actions(qiime):
     out = qiime('aam', '--help').stdout
-    for command in ('pretrain', 'fit', 'predict', 'predict-probabilities', 'plot-validation'):
+    for command in ('pretrain', 'fit', 'predict', 'predict-probabilities', 'plot-validation',
+                    'feature-importance', 'accuracy-report', 'classify-samples',
+                    'regress-samples', 'classify-samples-ncv', 'regress-samples-ncv'):
         assert f'  {command} ' in out, command
     assert 'Sequence-aware transformers' in out or 'AAM' in out
+
+
+def test_classify_samples_speaks_q2_sample_classifiers_options(qiime):
+    out = qiime('aam', 'classify-samples', '--help').stdout
+    for option in ('--i-table', '--i-sequences', '--m-metadata-file', '--m-metadata-column',
+                   '--m-groups-file', '--m-groups-column', '--p-test-size', '--p-random-state',
+                   '--p-missing-samples', '--o-model', '--o-predictions', '--o-probabilities',
+                   '--o-feature-importance', '--o-accuracy-results', '--o-training-targets',
+                   '--o-test-targets'):
+        assert option in out, option
+    out = qiime('aam', 'regress-samples-ncv', '--help').stdout
+    for option in ('--p-cv', '--p-stratify', '--o-predictions', '--o-feature-importance'):
+        assert option in out, option
+    assert '--o-probabilities' not in out
 
 
 def test_fit_help(qiime):
@@ -74,7 +90,7 @@ def test_fit_help(qiime):
     for option in ('--i-table', '--i-sequences', '--i-pretrained', '--i-distance-matrix',
                    '--m-metadata-file', '--m-metadata-column', '--p-freeze-encoder',
                    '--p-scheduler-params', '--p-device', '--p-random-seed', '--o-model',
-                   '--example-data'):
+                   '--example-data', '--m-groups-file', '--m-groups-column', '--p-blend'):
         assert option in out, option
     # the metadata column is a real column option, not free text
     assert '--p-metadata ' not in out

@@ -15,7 +15,9 @@ q2galaxy = pytest.importorskip('q2galaxy', reason='q2galaxy is not installed (it
                                '../shared/wheels; see the README, "Galaxy")')
 
 BIN = Path(sys.executable).parent
-ACTIONS = ('pretrain', 'fit', 'predict', 'predict_probabilities', 'plot_validation')
+ACTIONS = ('pretrain', 'fit', 'predict', 'predict_probabilities', 'plot_validation',
+           'feature_importance', 'accuracy_report', 'classify_samples', 'regress_samples',
+           'classify_samples_ncv', 'regress_samples_ncv')
 
 
 def _env(tmp_path_factory):

@@ -12,7 +12,12 @@ from q2_aam.engine.checkpoint import SavedModel
 
 import plugin_fixtures  # noqa: F401  (one torch thread: the examples train for real)
 
-ACTIONS = {'pretrain', 'fit', 'predict', 'predict_probabilities', 'plot_validation'}
+ACTIONS = {'pretrain', 'fit', 'predict', 'predict_probabilities', 'plot_validation',
+           'feature_importance', 'accuracy_report', 'classify_samples', 'regress_samples',
+           'classify_samples_ncv', 'regress_samples_ncv'}
+PIPELINES = {'classify_samples', 'regress_samples', 'classify_samples_ncv',
+             'regress_samples_ncv'}
+VISUALIZERS = {'plot_validation', 'accuracy_report'}
 
 
 class PluginSetupTests(TestPluginBase):
@@ -28,8 +33,9 @@ class PluginSetupTests(TestPluginBase):
         self.assertIn('UniFrac', plugin.description)
         self.assertTrue(plugin.short_description)
         self.assertEqual(set(plugin.actions), ACTIONS)
-        self.assertEqual(set(plugin.methods), ACTIONS - {'plot_validation'})
-        self.assertEqual(set(plugin.visualizers), {'plot_validation'})
+        self.assertEqual(set(plugin.methods), ACTIONS - VISUALIZERS - PIPELINES)
+        self.assertEqual(set(plugin.visualizers), VISUALIZERS)
+        self.assertEqual(set(plugin.pipelines), PIPELINES)
 
     def test_citations(self):
         bib = Citations.load('citations.bib', package='q2_aam')
@@ -99,9 +105,11 @@ class PluginSetupTests(TestPluginBase):
         self.assertTrue(pretrain.inputs['alpha_diversity'].has_default())
         self.assertEqual(str(pretrain.inputs['pretrained'].qiime_type), 'AAMModel[AAMEncoder]')
         # every size and rate has an upper bound that Galaxy can show
-        for name, param in {**fit.parameters, **pretrain.parameters}.items():
+        every = {f'{a}.{n}': p for a in ('fit', 'pretrain', *PIPELINES)
+                 for n, p in self.plugin.actions[a].signature.parameters.items()}
+        for name, param in every.items():
             text = str(param.qiime_type)
-            if text.startswith(('Int', 'Float')) and name != 'threads':
+            if text.startswith(('Int', 'Float')) and not name.endswith('.threads'):
                 self.assertIn('Range(', text, name)
                 self.assertNotIn('None)', text, name)
         self.assertEqual(str(pretrain.outputs['model'].qiime_type), 'AAMModel[AAMEncoder]')
@@ -121,7 +129,7 @@ class PluginSetupTests(TestPluginBase):
             sig = action.signature
             for group in (sig.inputs, sig.parameters, sig.outputs):
                 for pname, spec in group.items():
-                    if name == 'plot_validation' and pname == 'visualization':
+                    if name in VISUALIZERS and pname == 'visualization':
                         continue
                     self.assertIsInstance(spec.description, str, f'{name}.{pname}')
                     self.assertTrue(spec.description.strip(), f'{name}.{pname}')
