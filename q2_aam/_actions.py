@@ -146,6 +146,13 @@ NOT_FINGERPRINTED = ('checkpoint_dir', 'tensorboard_dir', 'threads', 'device',
                      'histogram_frequency', 'processes', 'compile')
 
 
+# set by `qiime aam ... --p-processes N` for its workers (q2_aam/launch.py), which then
+# leave the import of the model folder to the action
+FROM_ACTION = 'Q2_AAM_LAUNCHED_BY_ACTION'
+NOT_RESUMABLE = ('checkpoint_dir: a run on several processes cannot be resumed yet; leave '
+                 'checkpoint_dir out, or use processes 1.')
+
+
 def _on_processes(action, views, p):
     """Run this action as p['processes'] torchrun workers on this machine (one per GPU when
     there are GPUs) and return rank 0's model: the inputs are written where the workers
@@ -154,7 +161,6 @@ def _on_processes(action, views, p):
     import sys
     import tempfile
     import json
-    from .launch import FROM_ACTION, NOT_RESUMABLE
     n = p['processes']
     if p.get('checkpoint_dir'):
         raise ValueError(NOT_RESUMABLE)

@@ -25,12 +25,6 @@ from ._types import TASK_OF_TYPE
 TYPE_OF_TASK = {task: name for name, task in TASK_OF_TYPE.items()}
 
 
-# set by `qiime aam ... --p-processes N`, which imports the folder itself
-FROM_ACTION = 'Q2_AAM_LAUNCHED_BY_ACTION'
-NOT_RESUMABLE = ('checkpoint_dir: a run on several processes cannot be resumed yet; leave '
-                 'checkpoint_dir out, or use processes 1.')
-
-
 def _read_inputs(args):
     """The exported files as the views the actions take."""
     import biom
@@ -96,15 +90,15 @@ def run(argv=None):
     args = p.parse_args(argv)
     if args.action == 'fit' and not (args.metadata_file and args.metadata_column):
         raise SystemExit('fit needs --metadata-file and --metadata-column')
+    from . import _actions
     from .engine import checkpoint, distributed
     ctx = distributed.init_from_environment()
     params = _parameters(args.set)
     params.pop('processes', None)          # this run is the processes
     if ctx.distributed and params.get('checkpoint_dir'):
-        raise SystemExit(NOT_RESUMABLE)
+        raise SystemExit(_actions.NOT_RESUMABLE)
     if not ctx.main:               # one rank speaks and writes; the others only compute
         params['tensorboard_dir'] = ''
-    from . import _actions
     action = getattr(_actions, args.action)
     quiet = open(os.devnull, 'w') if not ctx.main else None
     with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext(), \
@@ -113,7 +107,7 @@ def run(argv=None):
     if ctx.main:
         saved.config['training']['processes'] = ctx.world
         checkpoint.save(saved, args.output)
-        if not os.environ.get(FROM_ACTION):
+        if not os.environ.get(_actions.FROM_ACTION):
             print(f'q2-aam: wrote {args.output} (trained on {ctx.world} process'
                   f'{"es" if ctx.world > 1 else ""}); import it with qiime tools import '
                   f"--type 'AAMModel[{TYPE_OF_TASK[saved.task]}]' --input-path {args.output}")

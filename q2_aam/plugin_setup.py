@@ -160,7 +160,7 @@ descriptions = {
                       'empty.',
     'histogram_frequency': 'Write histograms of the weights and gradients to the TensorBoard '
                            'logs every this many epochs (0 = never). They cost little time '
-                           'and make the logs larger; see benchmarks/results.md.',
+                           'and make the logs larger.',
     'max_asvs': 'Keep each sample\'s most abundant ASVs, at most this many.',
     'max_bp': 'Read at most this many bases of each sequence; longer ones are truncated '
               'with a warning.',
@@ -175,7 +175,7 @@ descriptions = {
     'dropout': 'Dropout rate while training.',
     'kmer_size': 'Length of the k-mers whose profile is added to each ASV\'s vector '
                  '(0 = off). It tells ASVs apart from the start of training and keeps '
-                 'related sequences close; see benchmarks/results.md.',
+                 'related sequences close.',
     'processes': 'Train on this many processes at once through torchrun (torch\'s own '
                  'launcher), one per GPU when there are GPUs: each global batch of '
                  'batch_size samples is split between them, and the UniFrac loss still counts '
@@ -183,9 +183,9 @@ descriptions = {
                  'float rounding. On CPUs it only pays with cores to spare for each process. '
                  'Not with checkpoint_dir. For several machines, see the README.',
     'compile': 'Compile the model\'s training steps with torch.compile (any batch shape). '
-               'The first epoch then takes up to a minute longer. On 2 CPU cores it did not '
-               'pay: epochs took 2.7 s against 1.9 s without (benchmarks/compile.py); '
-               'measure it on a GPU before long runs.',
+               'The first epoch then takes up to a minute longer, and on CPUs it may not '
+               'pay at all (the README has figures): measure it on your GPU before long '
+               'runs.',
     'freeze_encoder': 'Keep the pretrained encoder\'s weights fixed and train only the '
                       'prediction head (faster; needs `pretrained`).',
     'target_weight': 'Weight of the prediction loss.',
@@ -196,8 +196,8 @@ descriptions = {
                      'and read subsampling (with the stacked blend, each on all training '
                      'samples but its own fold), and average their '
                      'predictions. Each model costs a full training run; averaging '
-                     'reduces the run-to-run variance that small studies suffer from (see '
-                     'benchmarks/results.md). 1 = a single model.',
+                     'reduces the run-to-run variance that small studies suffer from. 1 = a '
+                     'single model (the stacked blend then weighs its members equally).',
     'rarefy_depth': 'Each epoch, subsample every training sample\'s reads to about this '
                     'many (each read kept with probability depth / reads; 0 = off). An '
                     'augmentation: rare ASVs come and go between epochs, so the model '
@@ -300,9 +300,8 @@ plugin.methods.register_function(
     input_descriptions={
         **input_descriptions_common,
         'pretrained': 'An encoder from `pretrain` to start from (its architecture is '
-                      'used). Optional: it paid when labels were scarce (pretrained on every '
-                      'sample of the study, labelled or not) and added nothing with every '
-                      'sample labelled (benchmarks/results.md).',
+                      'used). Optional: it pays most when labels are scarce and it was '
+                      'pretrained on every sample of the study, labelled or not.',
         'distance_matrix': 'Optional distances between samples: keeps the UniFrac loss on '
                            'while fitting.',
         'continue_from': 'Optional fitted model of the same kind to train further, e.g. on '
@@ -316,9 +315,9 @@ plugin.methods.register_function(
         'groups': GROUPS_DESCRIPTION,
         **{k: descriptions[k] for k in training},
         'validation_size': descriptions['validation_size'] + ' fit\'s default is 0: on '
-                           'small studies, early stopping on a fifth of the samples stopped '
-                           'too early and predicted worse (benchmarks/results.md); pretrain\'s '
-                           'is 0.2.',
+                           'small studies, early stopping on a fifth of the samples stops '
+                           'too early and predicts worse; pretrain\'s is 0.2. With groups, '
+                           'whole groups are held out.',
         **fit_architecture_descriptions,
         **{k: descriptions[k] for k in fitting}},
     output_descriptions={'model': 'A fitted regressor or classifier. ' + model_description},
