@@ -250,9 +250,8 @@ class AAMVariant:
     validation: float = 0.2          # fit's inner validation fraction (0: every training
                                      # row is fitted for all epochs, as fit's default)
     max_grad_norm: float = 1.0
-    calibrate: bool = False          # members cross-fitted on the training rows; classifiers:
-                                     # a temperature and class biases fitted out of fold;
-                                     # regressors: shrunk toward the mean out of fold
+    calibrate: bool = False          # classifiers: members cross-fitted on the training
+                                     # rows, a temperature and class biases fitted out of fold
     linear_weight: float = 0.0       # share of the linear half (run_linear) in a prediction
     extra: dict = field(default_factory=dict)   # other TrainSettings fields
 
@@ -264,6 +263,7 @@ class ProductVariant:
     groups column where a row's subjects repeat, as the README tells users to pass it."""
     description: str
     params: dict = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)   # q2_aam._actions constants to try
 
 
 @dataclass
@@ -315,6 +315,10 @@ VARIANTS = {
     'aam': ProductVariant("q2-aam as shipped: `fit` with its defaults (the stacked blend of "
                           "the transformer ensemble, the linear and the tree member; groups "
                           "where subjects repeat), then `predict`"),
+    'aam-refit': ProductVariant("the shipped fit, but each cross-fitted transformer member, "
+                                "after predicting its fold, trains on every training sample "
+                                "for a fifth of the epochs more at 0.3 x the learning rate",
+                                constants=dict(REFIT_FRACTION=0.2)),
     'aam-fixed': ProductVariant("the shipped fit with the blend of the last release: 0.25 x "
                                 "the transformer ensemble + 0.75 x the linear half",
                                 dict(blend='fixed', transformer_weight=0.25, linear_weight=0.75,
@@ -325,11 +329,6 @@ VARIANTS = {
     'aam-transformer': AAMVariant("the defaults' transformer ensemble alone (linear_weight "
                                   "0): q2-aam's default before 2026-11-30",
                                   **{**DEFAULT, 'pretrain': False, 'linear_weight': 0.0}),
-    'aam-shrink': AAMVariant("the defaults with calibrate: members cross-fitted; a regressor "
-                             "shrinks toward the mean as far as out-of-fold predictions "
-                             "support, a classifier gets a temperature and class biases",
-                             **{**DEFAULT, 'pretrain': False, 'calibrate': True,
-                                'linear_weight': 0.0}),
     'aam-nucleotides': AAMVariant("the defaults before 2026-11-30: each ASV also read by a "
                                   "one-layer nucleotide transformer (5x the training time)",
                                   **{**WITH_NUCLEOTIDES, 'pretrain': False}),
@@ -446,8 +445,8 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
         seen += r.train_samples_per_second * r.train_seconds
         seconds += r.train_seconds
         info['pre_best_epoch'] = r.best_epoch
-    from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
-                                           fit_class_calibration)
+    from q2_aam.engine.calibration import apply_class_calibration, fit_class_calibration
+    from q2_aam.engine.folds import cross_fit_folds
     cross_fit = v.calibrate and v.ensemble > 1
     if cross_fit:
         folds = cross_fit_folds(len(train_rows), v.ensemble, seed=1000 * fold,
@@ -486,14 +485,6 @@ def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=N
             raws.append(out)
         if log:
             log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
-    if ds.task == 'regression' and cross_fit:   # shrink toward the mean, out of fold
-        from q2_aam.engine.calibration import apply_shrinkage, fit_shrinkage
-        scale = target_scale(ds.y[train_rows])
-        shrinkage = fit_shrinkage(held_raw[:, 0] * scale[1] + scale[0], ds.y[train_rows])
-        info['calibration'] = shrinkage
-        if log:
-            log(f'    shrinkage: {shrinkage}')
-        outputs = [apply_shrinkage(out, shrinkage) for out in outputs]
     if ds.task != 'regression':
         calibration = (fit_class_calibration(held_raw, ds.y[train_rows].astype(int), n_out)
                        if cross_fit else None)
@@ -562,9 +553,16 @@ def run_product(v, ds, train_rows, test_rows, threads=0):
     column = _metadata_column(ds, train_rows, values, ds.target)
     t0 = time.perf_counter()
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
-        model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
-                             threads=threads, **v.params)
+    saved = {k: getattr(_actions, k) for k in v.constants}
+    try:
+        for k, value in v.constants.items():
+            setattr(_actions, k, value)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
+            model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
+                                 threads=threads, **v.params)
+    finally:
+        for k, value in saved.items():
+            setattr(_actions, k, value)
     seconds = time.perf_counter() - t0
     test_table, test_seqs = _views(ds, test_rows)
     t0 = time.perf_counter()
@@ -576,7 +574,10 @@ def run_product(v, ds, train_rows, test_rows, threads=0):
             pred = _class_matrix(ds, probs)
     info = {'predict_seconds': time.perf_counter() - t0,
             'train_samples_per_second': len(train_rows) / seconds,
-            'log': [line for line in log.getvalue().splitlines() if 'stacked blend' in line]}
+            'log': [line for line in log.getvalue().splitlines() if 'stacked blend' in line],
+            # the stack's out-of-fold table, kept so that stacking rules can be compared
+            # offline on the same members (benchmarks/restack.py)
+            'out_of_fold': model.validation if 'fold' in model.validation else None}
     if 'stack' not in model.config:
         return pred, info
     stack = model.config['stack']
@@ -717,6 +718,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
     scores, train_s, pred_sps, train_sps, extra, per_sample = [], [], [], [], [], []
     derived = {}     # the product's members and partial blends, scored on the same folds
+    out_of_fold = []     # the product's out-of-fold tables, one per fold
     for fold, (tr, te) in splits:
         t0 = time.perf_counter()
         if isinstance(variant, RFVariant):
@@ -727,6 +729,10 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
             pred, info = run_tree(ds, tr, te)
         elif isinstance(variant, ProductVariant):
             pred, info = run_product(variant, ds, tr, te, threads=THREADS)
+            if info.get('out_of_fold') is not None:
+                out_of_fold.append(info['out_of_fold'].rename(columns={'fold': 'inner_fold'})
+                                   .reset_index().assign(dataset=ds.name, model=name,
+                                                         fold=fold))
             for other, other_pred in info.get('derived', {}).items():
                 derived.setdefault(other, []).append(
                     (score(ds.y[te], other_pred, ds.classes),
@@ -758,6 +764,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     row['peak_mb'] = peak_rss_mb()
     row['train_sps'] = float(np.nanmean(train_sps))
     row['predict_sps'] = float(np.mean(pred_sps))
+    row['out_of_fold'] = out_of_fold
     row['derived'] = []
     for other, folds in derived.items():
         sub = {'dataset': ds.name, 'target': ds.target, 'model': f'{name}:{other}',
@@ -822,6 +829,17 @@ def write_predictions(path, rows, split_seed):
             w.writeheader()
         w.writerows(records)
     print(f'appended {len(records)} predictions to {path}')
+
+
+def write_out_of_fold(path, tables, split_seed):
+    """Append the product's out-of-fold tables (every training sample of every test fold,
+    with each member's prediction) to a TSV."""
+    import pandas as pd
+    frame = pd.concat(tables, ignore_index=True).assign(split_seed=split_seed)
+    path = Path(path)
+    frame.to_csv(path, sep='\t', index=False, mode='a', header=not path.exists(),
+                 float_format='%.10g')
+    print(f'appended {len(frame)} out-of-fold rows to {path}')
 
 
 def format_table(rows):
@@ -904,6 +922,10 @@ def main(argv=None):
                 label = name + ' ' + ' '.join(args.set)
             print(f'{key}: {label}', flush=True)
             row = evaluate(label, variant, ds, splits, quick=args.quick)
+            if row['out_of_fold'] and args.predictions:
+                write_out_of_fold(args.predictions.format(dataset=key).replace(
+                    '.tsv', '') + '-oof.tsv', row['out_of_fold'], args.split_seed)
+            row.pop('out_of_fold')
             rows += [row] + row.pop('derived')
         if '{dataset}' in args.predictions:    # kept even if a later data set fails
             write_predictions(args.predictions.format(dataset=key),

@@ -3,8 +3,8 @@ temperature and class biases fitted to out-of-fold outputs."""
 import numpy as np
 import pytest
 
-from q2_aam.engine.calibration import (apply_class_calibration, cross_fit_folds,
-                                       fit_class_calibration, log_softmax)
+from q2_aam.engine.calibration import apply_class_calibration, fit_class_calibration, log_softmax
+from q2_aam.engine.folds import FoldError, cross_fit_folds
 
 
 def test_each_row_is_held_out_by_exactly_one_fold():
@@ -37,9 +37,9 @@ def test_folds_follow_the_seed():
 
 
 @pytest.mark.parametrize('n, k, message', [
-    (10, 1, 'at least 2 folds; got 1'), (3, 5, 'needs at least 5 samples; got 3')])
+    (10, 1, 'at least 2 folds; got 1'), (3, 5, '5 folds need at least 5 samples; there are 3')])
 def test_impossible_folds_are_refused(n, k, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(FoldError, match=message):
         cross_fit_folds(n, k)
 
 
@@ -99,20 +99,3 @@ def test_apply_is_a_temperature_and_shift_of_the_log_probabilities():
 def test_outputs_and_labels_must_agree():
     with pytest.raises(ValueError, match=r'Expected \(3, 2\) out-of-fold outputs; got \(2, 2\)'):
         fit_class_calibration(np.zeros((2, 2)), [0, 1, 1])
-
-
-def test_shrinkage_keeps_a_real_signal_and_shrinks_noise_to_the_mean():
-    from q2_aam.engine.calibration import apply_shrinkage, fit_shrinkage
-    rng = np.random.default_rng(0)
-    truth = rng.normal(10, 2, 200)
-    real = fit_shrinkage(truth + rng.normal(0, 0.1, 200), truth)
-    assert real['slope'] == pytest.approx(1.0, abs=0.02)
-    noise = fit_shrinkage(rng.normal(10, 5, 200), truth)          # unrelated predictions
-    assert noise['slope'] < 0.1
-    shrunk = apply_shrinkage(np.array([0.0, 20.0]), noise)
-    assert abs(shrunk - truth.mean()).max() < 2.0                 # pulled to the mean
-    stretched = fit_shrinkage(truth / 4 + 7.5, truth)             # too timid: not stretched
-    assert stretched['slope'] == 1.0
-    anti = fit_shrinkage(-truth, truth)                           # wrong way round: the mean
-    assert anti['slope'] == 0.0 and anti['intercept'] == pytest.approx(truth.mean())
-    assert fit_shrinkage(np.ones(5), np.arange(5.0)) == {'slope': 0.0, 'intercept': 2.0}

@@ -1,13 +1,11 @@
-"""Cross-fitted calibration of an ensemble classifier.
+"""A temperature and one bias per class, fitted to a classifier's out-of-fold outputs.
 
-Each ensemble member trains on all but one fold of the training samples and predicts the
-fold it did not see, so every training sample gets one honest, out-of-fold output. A
-temperature and one bias per class are fitted to those outputs and applied to every
-member before the ensemble averages them. Why: members fitted on every sample are
-confidently right about their own training samples, so nothing in fitting says when a
-class call is a coin flip. On moving-pictures the members leaned to 'left palm' though
-no training part had more left palms than right (benchmarks/results.md); fitted biases
-move such calls back toward what out-of-fold predictions support.
+The stack (engine/stack.py) calibrates each member, and its blend, on predictions of
+training samples that the member's fit did not see: a member fitted on every sample is
+confidently right about its own training samples, so nothing in fitting says when a class
+call is a coin flip, and members differ in how confident they are. Models of the release
+before stacking kept one such calibration for their transformer members; they still apply
+it when they predict.
 """
 import numpy as np
 import torch
@@ -15,31 +13,6 @@ import torch
 # L2 pull of the biases and log-temperature toward 0, per out-of-fold sample: keeps the fit
 # finite when a small training set separates perfectly, without mattering on large ones.
 PENALTY = 0.01
-
-
-def cross_fit_folds(n, k, stratify=None, seed=0):
-    """``k`` (fit rows, held-out rows) pairs over ``range(n)``; each row is held out once.
-
-    With ``stratify`` each class is dealt round the folds in turn, so every fold holds
-    out its share of every class and no class is left out of more than one fold's fitting
-    when it has at least ``k`` samples.
-    """
-    if k < 2:
-        raise ValueError(f'Cross-fitting needs at least 2 folds; got {k}.')
-    if n < k:
-        raise ValueError(f'Cross-fitting {k} folds needs at least {k} samples; got {n}.')
-    rng = np.random.default_rng(seed)
-    rows = np.arange(n)
-    fold_of = np.empty(n, np.int64)
-    groups = [rows] if stratify is None else [rows[np.asarray(stratify) == c]
-                                               for c in np.unique(stratify)]
-    offset = 0
-    for group in groups:
-        group = rng.permutation(group)
-        # continue dealing where the last class stopped, so fold sizes stay within one
-        fold_of[group] = (offset + np.arange(len(group))) % k
-        offset = (offset + len(group)) % k
-    return [(rows[fold_of != f], rows[fold_of == f]) for f in range(k)]
 
 
 def log_softmax(raw):
@@ -86,23 +59,3 @@ def apply_class_calibration(raw, calibration):
         return np.asarray(raw, np.float64)
     return (log_softmax(raw) / calibration['temperature']
             + np.asarray(calibration['bias'], np.float64))
-
-
-def fit_shrinkage(predicted, truth):
-    """A regressor's out-of-fold predictions -> {'slope', 'intercept'} of truth on them,
-    the slope held in [0, 1]: shrink toward the mean as far as out-of-fold predictions
-    support, never stretch. Why: fitted on every sample for every epoch, members follow
-    noise where the signal is weak (hiv-bcn0 age: R² below 0 on every fold; results.md);
-    their out-of-fold predictions say how much of the spread is real."""
-    x = np.asarray(predicted, np.float64).ravel()
-    y = np.asarray(truth, np.float64).ravel()
-    variance = x.var()
-    slope = float(np.clip(((x - x.mean()) * (y - y.mean())).mean() / variance, 0.0, 1.0)) \
-        if variance > 0 else 0.0
-    return {'slope': slope, 'intercept': float(y.mean() - slope * x.mean())}
-
-
-def apply_shrinkage(predicted, shrinkage):
-    if not shrinkage:
-        return np.asarray(predicted, np.float64)
-    return shrinkage['intercept'] + shrinkage['slope'] * np.asarray(predicted, np.float64)

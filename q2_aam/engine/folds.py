@@ -22,8 +22,11 @@ def cross_fit_folds(n, k, stratify=None, groups=None, seed=0):
     """
     if k < 2:
         raise FoldError(f'Cross-fitting needs at least 2 folds; got {k}.')
-    units = np.arange(n) if groups is None else np.asarray(groups, dtype=object)
-    names, unit_of = np.unique(units.astype(str), return_inverse=True)
+    if groups is None:               # every sample its own unit
+        names, unit_of = np.arange(n), np.arange(n)
+    else:
+        names, unit_of = np.unique(np.asarray(groups, dtype=object).astype(str),
+                                   return_inverse=True)
     if len(names) < k:
         what = 'samples' if groups is None else 'groups'
         raise FoldError(f'{k} folds need at least {k} {what}; there are {len(names)}.')

@@ -6,7 +6,6 @@ has no UniFrac pair; no base was masked), so callers add only the terms present.
 import torch
 import torch.nn.functional as F
 
-LOSS_TERMS = ('unifrac_loss', 'nuc_loss', 'target_loss')
 
 
 def pairwise_distances(embedding):

@@ -328,10 +328,6 @@ def load_encoder_weights(model, encoder_state):
     return model
 
 
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 def parameter_count(cfg: AAMConfig):
     """The parameters AAM(cfg) would have, computed without building it: a config can ask
     for more than memory holds (10⁶ layers), and that must be refused before allocation."""

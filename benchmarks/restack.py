@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Compare stacking rules on kept predictions, without training anything again.
+
+accuracy.py's aam row keeps, per test fold, the shipped model's out-of-fold table (every
+training sample, each member's prediction from a fit that did not see it: TSV ...-oof.tsv)
+and every member's test predictions (the rows aam:transformer, linear and tree). A rule
+turns the first into weights (engine/stack.py), applied here to the second; each row is
+scored against the forest on the same folds, and the rule for each study is chosen
+leave-one-study-out (the rule the other studies favour), so no row is reported at a rule
+its own study chose.
+
+Usage: .venv/bin/python benchmarks/restack.py benchmarks/predictions/stack
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accuracy import DATASETS, score  # noqa: E402
+from q2_aam.engine import stack as stack_module  # noqa: E402
+
+MEMBERS = {'transformer': 'aam:transformer', 'linear': 'linear', 'tree': 'tree'}
+RULES = {
+    'shipped': dict(),
+    'no-calibration': dict(calibrate=False),
+    'shrink-100': dict(shrink_samples=100),
+    'shrink-0': dict(shrink_samples=0),
+    'equal': None,
+    'without-transformer': dict(members=('linear', 'tree')),
+}
+
+
+def _member_matrix(rows, task, classes):
+    rows = rows.sort_values('sample_id')
+    if task == 'regression':
+        return rows['sample_id'].to_numpy(), rows['prediction'].to_numpy(float)
+    return rows['sample_id'].to_numpy(), rows[[f'p({c})' for c in classes]].to_numpy(float)
+
+
+def rule_scores(folder):
+    """{row: {rule or model: [primary metric per fold]}}."""
+    out = {}
+    for path in sorted(Path(folder).glob('*-oof.tsv')):
+        row = path.name[:-len('-oof.tsv')]
+        test = pd.read_csv(Path(folder) / f'{row}.tsv', sep='\t', dtype={'sample_id': str})
+        oof = pd.read_csv(path, sep='\t', dtype={'sample-id': str})
+        task = 'regression' if 'prediction:linear' in oof else 'classification'
+        classes = None
+        if task == 'classification':
+            classes = [c[2:-1] for c in test.columns if c.startswith('p(')]
+        per = {}
+        for fold, held in oof.groupby('fold'):
+            t = test[test['fold'] == fold]
+            members, ids = {}, None
+            for m, model in MEMBERS.items():
+                ids, members[m] = _member_matrix(t[t['model'] == model], task, classes)
+            truth_rows = t[t['model'] == 'rf'].sort_values('sample_id')
+            truth = truth_rows['truth'].to_numpy()
+            if task == 'classification':
+                truth = np.array([classes.index(x) for x in truth])
+            labels = None
+            if task == 'classification':    # the training part's classes, as fit saw them
+                labels = [c[len('prob:linear:'):] for c in held.columns
+                          if c.startswith('prob:linear:')]
+                col = [classes.index(c) for c in labels]
+                y = held['truth'].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
+                oof_m = {m: held[[f'prob:{m}:{c}' for c in labels]].to_numpy(float)
+                         for m in MEMBERS}
+                test_m = {m: members[m][:, col] for m in MEMBERS}
+            else:
+                y = held['truth'].to_numpy(float)
+                oof_m = {m: held[f'prediction:{m}'].to_numpy(float) for m in MEMBERS}
+                test_m = members
+
+            def scored(pred):
+                if task == 'classification':
+                    full = np.zeros((len(pred), len(classes)))
+                    full[:, col] = pred
+                    return score(truth, full, classes)['accuracy']
+                return score(truth, pred)['r2']
+            for name, rule in RULES.items():
+                if rule is None:
+                    stack = stack_module.equal_stack(list(MEMBERS), task, 'rule')
+                else:
+                    rule = dict(rule)
+                    names = rule.pop('members', tuple(MEMBERS))
+                    stack = stack_module.fit_stack({m: oof_m[m] for m in names}, y, task,
+                                                   **rule)
+                per.setdefault(name, []).append(scored(
+                    stack_module.apply_stack(stack, {m: test_m[m] for m in stack.members})))
+            for model in ('rf', 'aam', 'linear', 'tree', 'aam:transformer'):
+                rows = t[t['model'] == model]
+                _, pred = _member_matrix(rows, task, classes)
+                if task == 'classification':
+                    per.setdefault(model, []).append(score(truth, pred, classes)['accuracy'])
+                else:
+                    per.setdefault(model, []).append(score(truth, pred)['r2'])
+        out[row] = per
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument('folder')
+    args = p.parse_args(argv)
+    scores = rule_scores(args.folder)
+    names = list(RULES) + ['aam', 'linear', 'tree', 'aam:transformer']
+    print('| row | forest | ' + ' | '.join(names) + ' |\n|---|---|' + '---|' * len(names))
+    for row, per in scores.items():
+        rf = np.mean(per['rf'])
+        print(f'| {row} | {rf:.3f} | ' + ' | '.join(
+            f'{np.mean(per[n]) - rf:+.3f}' for n in names) + ' |')
+    pooled = {n: np.mean([np.mean(per[n]) - np.mean(per['rf']) for per in scores.values()])
+              for n in names}
+    print('| **pooled − forest** | | ' + ' | '.join(f'{pooled[n]:+.3f}' for n in names) + ' |')
+    study = {row: DATASETS[row][0] for row in scores}
+    print('\nLeave-one-study-out choice of rule (mean rule − forest over the other studies):')
+    chosen = []
+    for s in sorted(set(study.values())):
+        others = [r for r in scores if study[r] != s]
+        if not others:
+            continue
+        gain = {n: np.mean([np.mean(scores[r][n]) - np.mean(scores[r]['rf']) for r in others])
+                for n in RULES if n != 'without-transformer'}
+        best = max(gain, key=gain.get)
+        for r in scores:
+            if study[r] == s:
+                chosen.append(np.mean(scores[r][best]) - np.mean(scores[r]['rf']))
+        print(f'- {s}: {best} ({", ".join(f"{n} {g:+.3f}" for n, g in gain.items())})')
+    if chosen:
+        print(f'\nPooled at the left-out choices: {np.mean(chosen):+.3f}')
+
+
+if __name__ == '__main__':
+    main()
