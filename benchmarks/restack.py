@@ -10,6 +10,8 @@ leave-one-study-out (the rule the other studies favour), so no row is reported a
 its own study chose.
 
 Usage: .venv/bin/python benchmarks/restack.py benchmarks/predictions/stack
+       .venv/bin/python benchmarks/restack.py benchmarks/predictions/stack \
+           --transformer-from benchmarks/predictions/stack-refit   # another run's transformers
 """
 import argparse
 import sys
@@ -41,12 +43,22 @@ def _member_matrix(rows, task, classes):
     return rows['sample_id'].to_numpy(), rows[[f'p({c})' for c in classes]].to_numpy(float)
 
 
-def rule_scores(folder):
-    """{row: {rule or model: [primary metric per fold]}}."""
+def rule_scores(folder, transformer_from=None):
+    """{row: {rule or model: [primary metric per fold]}}. ``transformer_from``: a folder of
+    another aam run on the same folds whose transformer test predictions replace this one's
+    (its out-of-fold rows are the same when only the deployed members differ)."""
     out = {}
     for path in sorted(Path(folder).glob('*-oof.tsv')):
         row = path.name[:-len('-oof.tsv')]
         test = pd.read_csv(Path(folder) / f'{row}.tsv', sep='\t', dtype={'sample_id': str})
+        if transformer_from is not None:
+            other = Path(transformer_from) / f'{row}.tsv'
+            if not other.exists():
+                continue
+            theirs = pd.read_csv(other, sep='\t', dtype={'sample_id': str})
+            theirs = theirs[theirs['model'].str.endswith(':transformer')].assign(
+                model='aam:transformer')
+            test = pd.concat([test[test['model'] != 'aam:transformer'], theirs])
         oof = pd.read_csv(path, sep='\t', dtype={'sample-id': str})
         task = 'regression' if 'prediction:linear' in oof else 'classification'
         classes = None
@@ -106,8 +118,9 @@ def rule_scores(folder):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument('folder')
+    p.add_argument('--transformer-from', default=None)
     args = p.parse_args(argv)
-    scores = rule_scores(args.folder)
+    scores = rule_scores(args.folder, args.transformer_from)
     names = list(RULES) + ['aam', 'linear', 'tree', 'aam:transformer']
     print('| row | forest | ' + ' | '.join(names) + ' |\n|---|---|' + '---|' * len(names))
     for row, per in scores.items():

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: pretrain -> fit (from the pretrained encoder) -> predict held-out samples ->
-# plot-validation, through q2cli, on the bundled moving-pictures data (body site).
+# plot-validation, then the one-command workflow of q2-sample-classifier users
+# (classify-samples: split, fit, test, report beside a random forest), through q2cli, on
+# the bundled moving-pictures data (body site).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=q2_aam/data/moving-pictures
@@ -27,18 +29,18 @@ qiime feature-table filter-samples --i-table $DATA/table.qza \
   --m-metadata-file $DATA/test-ids.body-site.txt \
   --o-filtered-table $OUT/test-table.qza
 
-echo "==> 1/4 Pretraining an encoder on the training samples' UniFrac distances"
+echo "==> 1/5 Pretraining an encoder on the training samples' UniFrac distances"
 train_step pretrain qiime aam pretrain --i-table $OUT/train-table.qza \
   --i-sequences $DATA/rep-seqs.qza --i-distance-matrix $DATA/unweighted-unifrac.qza \
   --p-ignore-missing-samples $TRAIN --p-epochs 20 --o-model $OUT/encoder.qza
 
-echo "==> 2/4 Fitting a body-site classifier from the pretrained encoder"
+echo "==> 2/5 Fitting a body-site classifier from the pretrained encoder"
 train_step fit qiime aam fit --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
   --i-pretrained $OUT/encoder.qza --m-metadata-file $DATA/metadata.tsv \
   --m-metadata-column body-site $TRAIN \
   --o-model $OUT/classifier.qza
 
-echo "==> 3/4 Predicting the held-out samples"
+echo "==> 3/5 Predicting the held-out samples"
 qiime aam predict --i-model $OUT/classifier.qza --i-table $OUT/test-table.qza \
   --i-sequences $DATA/rep-seqs.qza --o-predictions $OUT/test-predictions.qza
 qiime aam predict-probabilities --i-model $OUT/classifier.qza --i-table $OUT/test-table.qza \
@@ -48,9 +50,15 @@ qiime sample-classifier confusion-matrix --i-predictions $OUT/test-predictions.q
   --m-truth-file $DATA/metadata.tsv --m-truth-column body-site \
   --o-visualization $OUT/test-confusion-matrix.qzv
 
-echo "==> 4/4 Plotting the validation results"
+echo "==> 4/5 Plotting the validation results"
 qiime aam plot-validation --i-model $OUT/encoder.qza --o-visualization $OUT/encoder-validation.qzv
 qiime aam plot-validation --i-model $OUT/classifier.qza --o-visualization $OUT/classifier-validation.qzv
+
+echo "==> 5/5 The same question as q2-sample-classifier asks it: classify-samples"
+train_step classify qiime aam classify-samples --i-table $DATA/table.qza \
+  --i-sequences $DATA/rep-seqs.qza --m-metadata-file $DATA/metadata.tsv \
+  --m-metadata-column body-site --p-test-size 0.2 --p-random-state 42 \
+  --output-dir $OUT/classify-samples
 
 python - "$OUT" "$DATA" "$started" <<'PY'
 import sys, time
@@ -76,5 +84,10 @@ print(f"  held-out samples      {len(pred)}; body site right for {correct} "
       f"(accuracy {correct / len(pred):.2f}; random forest on the same split: ~0.57)")
 print(f'  wall time             {time.time() - started:.0f} s')
 print(f'  visualizations        {out}/classifier-validation.qzv, {out}/encoder-validation.qzv,')
-print(f'                        {out}/test-confusion-matrix.qzv  (qiime tools view FILE)')
+print(f'                        {out}/test-confusion-matrix.qzv,')
+print(f'                        {out}/classify-samples/accuracy_results.qzv  (q2-aam beside')
+print(f'                        the random forest; qiime tools view FILE)')
+stack = model.config['stack']
+print('  stacked blend weights ' + ', '.join(
+    f'{m} {w:.2f}' for m, w in zip(stack['members'], stack['weights'])))
 PY

@@ -430,3 +430,10 @@ def test_a_damaged_stack_is_refused(folder, edit, message):
     with pytest.raises(ModelFileError, match="config.json: the stack is not usable: .*"
                                              + message):
         checkpoint.load(folder)
+
+
+def test_another_token_vocabulary_is_refused(folder):
+    _edit_config(folder, lambda c: c['vocabulary'].update(A=4, T=1))
+    with pytest.raises(ModelFileError, match='the token vocabulary .* is not the one this '
+                                             'q2-aam reads'):
+        checkpoint.load(folder)

@@ -217,6 +217,11 @@ def read_config(directory):
         if twice:
             raise ModelFileError(f'config.json: labels must be unique, but {twice} '
                                  'appear more than once.')
+    if config.get('vocabulary', VOCAB) != dict(VOCAB):
+        raise ModelFileError(f'config.json: the token vocabulary {config.get("vocabulary")!r} '
+                             f'is not the one this q2-aam reads ({dict(VOCAB)!r}); the model '
+                             'would misread every sequence. Use the q2-aam release that wrote '
+                             'it, or train again.')
     if config['task'] == 'regression':
         _check_target_scale(config.get('target_mean'), config.get('target_std'))
     _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)

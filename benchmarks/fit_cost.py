@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""The cost of a default fit of all of sleep-apnea-10422 (184 samples, age) and of predicting
+it, for the q2-aam checkout given (default: this one), so that two releases can be timed side
+by side on the same machine and threads:
+
+    git worktree add /tmp/q2-aam-old b6597db
+    .venv/bin/python benchmarks/fit_cost.py --code /tmp/q2-aam-old
+    .venv/bin/python benchmarks/fit_cost.py
+
+Prints the fit's wall seconds, predict's samples/s (the fitted model on all 184 samples,
+best of three) and the process's peak memory. Calls the action functions directly (views in,
+as QIIME 2 hands them).
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get('Q2_AAM_DATA', ROOT.parent / 'shared' / 'data'))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument('--code', default=str(ROOT), help='the q2-aam checkout to time')
+    p.add_argument('--threads', type=int, default=2)
+    args = p.parse_args(argv)
+    sys.path.insert(0, args.code)
+    import biom
+    import pandas as pd
+    import qiime2
+    import torch
+    torch.set_num_threads(args.threads)
+    from q2_aam import _actions
+    assert Path(_actions.__file__).resolve().is_relative_to(Path(args.code).resolve())
+    folder = DATA / 'sleep-apnea-10422'
+    table = biom.load_table(str(folder / 'table.biom'))
+    seqs, name = {}, None
+    for line in open(folder / 'rep-seqs.fasta'):
+        line = line.strip()
+        if line.startswith('>'):
+            name = line[1:].split()[0]
+        elif line:
+            seqs[name] = seqs.get(name, '') + line
+    seqs = pd.Series(seqs)
+    column = qiime2.Metadata.load(str(folder / 'metadata.tsv')).get_column('age')
+    started = time.perf_counter()
+    model = _actions.fit(table=table, sequences=seqs, metadata=column, threads=args.threads)
+    fit_seconds = time.perf_counter() - started
+    best = float('inf')
+    for _ in range(3):
+        started = time.perf_counter()
+        _actions.predict(model, table, seqs, threads=args.threads)
+        best = min(best, time.perf_counter() - started)
+    peak = 0.0
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            peak = int(line.split()[1]) / 1024
+    print(f'code {args.code}: fit {fit_seconds:.1f} s, predict {table.shape[1] / best:.0f} '
+          f'samples/s, peak memory {peak:.0f} MB')
+
+
+if __name__ == '__main__':
+    main()
