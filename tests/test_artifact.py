@@ -437,3 +437,12 @@ def test_another_token_vocabulary_is_refused(folder):
     with pytest.raises(ModelFileError, match='the token vocabulary .* is not the one this '
                                              'q2-aam reads'):
         checkpoint.load(folder)
+
+
+@pytest.mark.parametrize('damage', [lambda b: b[:len(b) // 2],
+                                    lambda b: b[:200] + bytes(len(b) - 200)])
+def test_a_truncated_or_corrupted_weight_file_is_refused(folder, damage):
+    path = folder / 'model.pt'
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ModelFileError, match=r'model\.pt could not be read as plain weights'):
+        checkpoint.load(folder)
