@@ -263,7 +263,6 @@ class ProductVariant:
     groups column where a row's subjects repeat, as the README tells users to pass it."""
     description: str
     params: dict = field(default_factory=dict)
-    constants: dict = field(default_factory=dict)   # q2_aam._actions constants to try
 
 
 @dataclass
@@ -315,10 +314,6 @@ VARIANTS = {
     'aam': ProductVariant("q2-aam as shipped: `fit` with its defaults (the stacked blend of "
                           "the transformer ensemble, the linear and the tree member; groups "
                           "where subjects repeat), then `predict`"),
-    'aam-refit': ProductVariant("the shipped fit, but each cross-fitted transformer member, "
-                                "after predicting its fold, trains on every training sample "
-                                "for a fifth of the epochs more at 0.3 x the learning rate",
-                                constants=dict(REFIT_FRACTION=0.2)),
     'aam-fixed': ProductVariant("the shipped fit with the blend of the last release: 0.25 x "
                                 "the transformer ensemble + 0.75 x the linear half",
                                 dict(blend='fixed', transformer_weight=0.25, linear_weight=0.75,
@@ -553,16 +548,9 @@ def run_product(v, ds, train_rows, test_rows, threads=0):
     column = _metadata_column(ds, train_rows, values, ds.target)
     t0 = time.perf_counter()
     log = io.StringIO()
-    saved = {k: getattr(_actions, k) for k in v.constants}
-    try:
-        for k, value in v.constants.items():
-            setattr(_actions, k, value)
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
-            model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
-                                 threads=threads, **v.params)
-    finally:
-        for k, value in saved.items():
-            setattr(_actions, k, value)
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
+        model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
+                             threads=threads, **v.params)
     seconds = time.perf_counter() - t0
     test_table, test_seqs = _views(ds, test_rows)
     t0 = time.perf_counter()

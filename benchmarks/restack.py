@@ -31,6 +31,7 @@ RULES = {
     'no-calibration': dict(calibrate=False),
     'shrink-100': dict(shrink_samples=100),
     'shrink-0': dict(shrink_samples=0),
+    'no-calibration-shrink-0': dict(calibrate=False, shrink_samples=0),
     'equal': None,
     'without-transformer': dict(members=('linear', 'tree')),
 }
@@ -41,6 +42,25 @@ def _member_matrix(rows, task, classes):
     if task == 'regression':
         return rows['sample_id'].to_numpy(), rows['prediction'].to_numpy(float)
     return rows['sample_id'].to_numpy(), rows[[f'p({c})' for c in classes]].to_numpy(float)
+
+
+def _records(row, fold, ids, truth_names, pred, task, classes, model):
+    """Per-sample rows in accuracy.py's prediction format (pooled.py reads them)."""
+    out = []
+    for k, sample in enumerate(ids):
+        rec = {'dataset': row, 'model': model, 'fold': fold, 'sample_id': sample,
+               'split_seed': 0}
+        if task == 'regression':
+            rec.update(truth=float(truth_names[k]), prediction=float(pred[k]))
+        else:
+            rec.update(truth=truth_names[k], prediction=classes[int(np.argmax(pred[k]))])
+            rec.update({f'p({c})': float(q) for c, q in zip(classes, pred[k])})
+        out.append(rec)
+    return out
+
+
+RECORDS = []     # every rule's per-sample predictions, for --write
+WEIGHTS = {}     # row -> the shipped rule's weights per fold
 
 
 def rule_scores(folder, transformer_from=None):
@@ -88,11 +108,18 @@ def rule_scores(folder, transformer_from=None):
                 oof_m = {m: held[f'prediction:{m}'].to_numpy(float) for m in MEMBERS}
                 test_m = members
 
-            def scored(pred):
+            truth_names = truth_rows['truth'].to_numpy()
+
+            def scored(pred, name=None):
                 if task == 'classification':
                     full = np.zeros((len(pred), len(classes)))
                     full[:, col] = pred
-                    return score(truth, full, classes)['accuracy']
+                    pred = full
+                if name is not None:
+                    RECORDS.extend(_records(row, fold, ids, truth_names, pred, task, classes,
+                                            name))
+                if task == 'classification':
+                    return score(truth, pred, classes)['accuracy']
                 return score(truth, pred)['r2']
             for name, rule in RULES.items():
                 if rule is None:
@@ -102,8 +129,11 @@ def rule_scores(folder, transformer_from=None):
                     names = rule.pop('members', tuple(MEMBERS))
                     stack = stack_module.fit_stack({m: oof_m[m] for m in names}, y, task,
                                                    **rule)
+                if name == 'shipped':
+                    WEIGHTS.setdefault(row, []).append(dict(zip(stack.members, stack.weights)))
                 per.setdefault(name, []).append(scored(
-                    stack_module.apply_stack(stack, {m: test_m[m] for m in stack.members})))
+                    stack_module.apply_stack(stack, {m: test_m[m] for m in stack.members}),
+                    name=f'stack:{name}'))
             for model in ('rf', 'aam', 'linear', 'tree', 'aam:transformer'):
                 rows = t[t['model'] == model]
                 _, pred = _member_matrix(rows, task, classes)
@@ -119,6 +149,9 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument('folder')
     p.add_argument('--transformer-from', default=None)
+    p.add_argument('--write', default='', metavar='TSV',
+                   help='write every rule\'s per-sample predictions, the forest\'s and the '
+                   'leave-one-study-out choice\'s ("stack:loso"), for pooled.py --across')
     args = p.parse_args(argv)
     scores = rule_scores(args.folder, args.transformer_from)
     names = list(RULES) + ['aam', 'linear', 'tree', 'aam:transformer']
@@ -130,9 +163,13 @@ def main(argv=None):
     pooled = {n: np.mean([np.mean(per[n]) - np.mean(per['rf']) for per in scores.values()])
               for n in names}
     print('| **pooled − forest** | | ' + ' | '.join(f'{pooled[n]:+.3f}' for n in names) + ' |')
+    print('\nThe shipped rule\'s weights, mean over folds (transformer / linear / tree):')
+    for row, folds in WEIGHTS.items():
+        mean = {m: np.mean([f.get(m, 0.0) for f in folds]) for m in MEMBERS}
+        print(f'- {row}: ' + ' / '.join(f'{mean[m]:.2f}' for m in MEMBERS))
     study = {row: DATASETS[row][0] for row in scores}
     print('\nLeave-one-study-out choice of rule (mean rule − forest over the other studies):')
-    chosen = []
+    chosen, loso = [], {}
     for s in sorted(set(study.values())):
         others = [r for r in scores if study[r] != s]
         if not others:
@@ -143,9 +180,24 @@ def main(argv=None):
         for r in scores:
             if study[r] == s:
                 chosen.append(np.mean(scores[r][best]) - np.mean(scores[r]['rf']))
+                loso[r] = best
         print(f'- {s}: {best} ({", ".join(f"{n} {g:+.3f}" for n, g in gain.items())})')
     if chosen:
         print(f'\nPooled at the left-out choices: {np.mean(chosen):+.3f}')
+    overall = max((n for n in RULES if n != 'without-transformer'), key=lambda n: pooled[n])
+    print(f'The rule all studies favour together: {overall} ({pooled[overall]:+.3f})')
+    if args.write:
+        frame = pd.DataFrame(RECORDS)
+        picked = pd.concat([frame[(frame.dataset == r) & (frame.model == f'stack:{rule}')]
+                            for r, rule in loso.items()]).assign(model='stack:loso')
+        forest = []
+        for row in scores:
+            test = pd.read_csv(Path(args.folder) / f'{row}.tsv', sep='\t',
+                               dtype={'sample_id': str})
+            forest.append(test[test.model.isin(['rf', 'linear', 'tree', 'aam:transformer'])])
+        pd.concat([frame, picked] + forest, ignore_index=True).to_csv(args.write, sep='\t',
+                                                                     index=False)
+        print(f'wrote {args.write}')
 
 
 if __name__ == '__main__':

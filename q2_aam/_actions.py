@@ -542,9 +542,6 @@ def fit(
             if folds is not None:
                 held_out.append(_held_out_outputs(cfg, result, data, folds[member][1],
                                                   p['device']))
-                if REFIT_FRACTION:
-                    result = _refit_member(cfg, result, data, (train_rows, val_rows),
-                                           settings, p, member, labels)
             results.append(result)
     stack, fitted, table_oof = _blend(p, cfg, data, counts, seqs, targets, train_rows, folds,
                                       held_out, continue_from, labels, group_of,
@@ -555,41 +552,6 @@ def fit(
                          'continued': continue_from is not None,
                          'groups': None if groups is None else groups.name},
                   stack=stack, members=fitted, out_of_fold=table_oof, continued=continue_from)
-
-
-# After a cross-fitted member has predicted its held-out fold, it may train on every
-# training sample for this fraction of the epochs more (at REFIT_LR_RATIO of the learning
-# rate), so that the model keeps no member that never saw a fifth of the samples. Off: the
-# measurement (benchmarks/results.md, "Stacking") decides.
-REFIT_FRACTION = 0.0
-REFIT_LR_RATIO = 0.3
-
-
-def _refit_member(cfg, first, data, rows, settings, p, member, labels):
-    """A cross-fitted member trained on for a short while on every training sample; one
-    TrainResult of both phases (epochs numbered on, the second phase's logs under
-    refit/)."""
-    import time
-    seed = p['random_seed'] + member
-    model = AAM(cfg)
-    model.load_state_dict(first.state_dict)
-    tb = settings.tensorboard_dir
-    more = dataclasses.replace(
-        settings, epochs=max(1, int(round(REFIT_FRACTION * settings.epochs))),
-        learning_rate=settings.learning_rate * REFIT_LR_RATIO, random_seed=seed,
-        tensorboard_dir=tb and os.path.join(tb, f'member-{member}-refit'))
-    seed_everything(seed)
-    started = time.perf_counter()
-    second = _train_member(model, data, rows, more, p, f'{member}-refit', class_names=labels)
-    offset = first.epochs_run
-    history = pd.concat([first.history, second.history.assign(
-        epoch=second.history['epoch'] + offset)], ignore_index=True)
-    return dataclasses.replace(
-        second, history=history, best_epoch=offset + second.best_epoch,
-        epochs_run=offset + second.epochs_run,
-        tensorboard={**first.tensorboard, **{f'refit/{k}': v for k, v in
-                                             second.tensorboard.items()}},
-        train_seconds=first.train_seconds + (time.perf_counter() - started))
 
 
 def _member_folds(p, continue_from, train_rows, stratify, group_of):
@@ -681,9 +643,11 @@ def _announce(stack):
              f'{record["scores"][m][second]:.3g}, weight {w:.2f}'
              for m, w in zip(stack.members, stack.weights)]
     blend = record['scores']['blend']
+    pulled = (f'; weights pulled {record["shrinkage"]:.0%} toward equal'
+              if record['shrinkage'] else '')
     _inputs.note(f'stacked blend from {record["samples"]} out-of-fold predictions '
-                 f'({record["folds"]} folds{", grouped" if record["grouped"] else ""}; '
-                 f'weights pulled {record["shrinkage"]:.0%} toward equal): ' + '; '.join(lines)
+                 f'({record["folds"]} folds{", grouped" if record["grouped"] else ""}'
+                 f'{pulled}): ' + '; '.join(lines)
                  + f'; the blend: {metric} {blend[metric]:.3f}, {second} {blend[second]:.3g}.')
 
 
@@ -857,12 +821,11 @@ def _stacked(model, transformer, counts, seqs, index):
     """The stack's blend of the transformer ensemble and the other members."""
     stack = stack_module.Stack.from_config(model.config['stack'], model.task)
     outputs = {'transformer': transformer}
-    for name in stack.members:
-        if name != 'transformer':
-            outputs[name] = members_module.member_outputs(name, getattr(model, name), counts,
-                                                          seqs)
-    if model.linear is not None:
-        _warn_unknown(index, linear.linear_outputs(model.linear, counts, seqs)[1])
+    if 'tree' in stack.members:
+        outputs['tree'] = members_module.member_outputs('tree', model.tree, counts, seqs)
+    if model.linear is not None:          # its values, and which samples share no ASV
+        outputs['linear'], known = linear.linear_outputs(model.linear, counts, seqs)
+        _warn_unknown(index, known)
     return stack_module.apply_stack(stack, outputs)
 
 

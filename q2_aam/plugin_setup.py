@@ -209,8 +209,7 @@ descriptions = {
              'each training sample once from a fit that did not see it (the transformer '
              'members are cross-fitted, one fold each; with groups, whole groups per fold), '
              'and those out-of-fold predictions choose non-negative weights summing to 1 '
-             '(pulled toward equal weights on small studies; a classifier\'s members and '
-             'blend are calibrated on them too). The fit log, the model and plot-validation '
+             '(a classifier\'s members and blend are calibrated on them too). The fit log, the model and plot-validation '
              'show each member\'s out-of-fold score and weight. fixed: the weights are '
              'transformer_weight, linear_weight and tree_weight, scaled to sum to 1, and '
              'every transformer member fits every training sample.',

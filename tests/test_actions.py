@@ -550,7 +550,7 @@ def test_the_fit_log_names_each_members_score_and_weight(capsys):
     n_train = 34 - len(held_out_ids())
     line, = [x for x in out.splitlines() if 'stacked blend' in x]
     assert line.startswith(f'q2-aam: stacked blend from {n_train} out-of-fold predictions '
-                           '(2 folds; weights pulled ')
+                           '(2 folds): ')
     stack = saved.config['stack']
     for m, w in zip(stack['members'], stack['weights']):
         r2 = stack['out_of_fold']['scores'][m]['r2']

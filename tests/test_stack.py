@@ -63,9 +63,12 @@ def test_the_best_out_of_fold_member_gets_the_largest_weight(best):
     stack = fit_stack(oof, truth, 'regression', folds=5)
     assert max(zip(stack.weights, stack.members))[1] == best
     assert all(w >= 0 for w in stack.weights) and sum(stack.weights) == pytest.approx(1)
+    assert stack.out_of_fold['shrinkage'] == 0                 # fit's default: no pull
     # pulled toward equal by 25 / (200 + 25): no weight below that share of a third
-    assert min(stack.weights) >= 25 / 225 / 3 - 1e-12
-    assert stack.out_of_fold['shrinkage'] == pytest.approx(25 / 225)
+    pulled = fit_stack(oof, truth, 'regression', folds=5, shrink_samples=25)
+    assert min(pulled.weights) >= 25 / 225 / 3 - 1e-12
+    assert pulled.out_of_fold['shrinkage'] == pytest.approx(25 / 225)
+    np.testing.assert_allclose(pulled.weights, np.array(stack.weights) * 200 / 225 + 25 / 675)
 
 
 def test_a_confident_but_weak_member_does_not_carry_the_argmax():

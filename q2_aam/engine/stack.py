@@ -7,8 +7,8 @@ those out-of-fold predictions a classifier's members are first calibrated one by
 temperature and one bias per class: their probabilities differ in calibration, and a
 confident but weak member would otherwise carry the argmax), then weighed: non-negative
 weights summing to 1 that minimise the out-of-fold log loss (squared error for a
-regressor), searched on a grid of the simplex, then pulled toward equal weights as far as
-the training set is small. A classifier's blend is calibrated once more on the
+regressor), searched on a grid of the simplex (and pulled toward equal weights as far as
+SHRINK_SAMPLES says: measured, not at all). A classifier's blend is calibrated once more on the
 out-of-fold blend. Why: a weight fixed on other studies cannot know which member is good
 on this one; only this study's samples can.
 """
@@ -21,10 +21,11 @@ from .calibration import apply_class_calibration, fit_class_calibration, log_sof
 
 MEMBERS = ('transformer', 'linear', 'tree')
 GRID_STEP = 0.02
-# equal weights count as this many samples: with 25 training samples the chosen weights and
-# equal weights weigh the same, with 225 the chosen ones count nine tenths (fixed before any
-# benchmark row was looked at)
-SHRINK_SAMPLES = 25
+# equal weights count as this many samples when the chosen weights are pulled toward them.
+# 0: not pulled. Judged leave-one-study-out on kept out-of-fold predictions
+# (benchmarks/restack.py): five of the six studies, each judged without itself, favoured no
+# pull over 25 or 100 samples' worth, and so do all six together.
+SHRINK_SAMPLES = 0
 # a member's probabilities are floored here before their log is taken: a forest's vote
 # share can be exactly 0 (a tenth of one tree's vote in a forest of 1,000)
 PROBABILITY_FLOOR = 1e-4

@@ -97,18 +97,20 @@ def tree_outputs(model, counts, sequences, chunk=1024):
     counts = sp.csr_matrix(counts)
     X = _features(counts, sequences, model.sequences)
     out = np.empty((X.shape[0], model.n_outputs))
+    trees = len(model.roots)
     for start in range(0, X.shape[0], chunk):
         block = X[start:start + chunk].toarray()                     # (n, F)
-        node = np.repeat(model.roots[None, :], len(block), axis=0)   # (n, T)
-        samples = np.arange(len(block))[:, None]
-        while True:
-            inner = model.left[node] != LEAF
-            if not inner.any():
-                break
-            f = np.where(inner, model.feature[node], 0)
-            go_left = block[samples, f] <= model.threshold[node]
-            node = np.where(inner, np.where(go_left, model.left[node], model.right[node]), node)
-        out[start:start + chunk] = model.value[node].mean(axis=1)    # (n, outputs)
+        n = len(block)
+        node = np.tile(model.roots, n)                               # (n * T,) sample-major
+        sample = np.repeat(np.arange(n), trees)
+        # walk only the (sample, tree) pairs that are not at a leaf yet
+        active = np.flatnonzero(model.left[node] != LEAF)
+        while len(active):
+            at = node[active]
+            go_left = block[sample[active], model.feature[at]] <= model.threshold[at]
+            node[active] = np.where(go_left, model.left[at], model.right[at])
+            active = active[model.left[node[active]] != LEAF]
+        out[start:start + n] = model.value[node].reshape(n, trees, -1).mean(axis=1)
     return out[:, 0] if model.task == 'regression' else out
 
 
