@@ -402,8 +402,8 @@ plugin.methods.register_function(
     description='Ranks the ASVs of a table by how much the model leans on them: the '
                 'linear member by its coefficients on standardised log abundance, the tree '
                 'member by the forest\'s impurity importance, the transformers by how far '
-                'a sample\'s prediction moves when the ASV is taken out of it (averaged over '
-                'the samples), and the blend (column '
+                'a sample\'s prediction moves when the ASV is taken out of it (the first '
+                'member, averaged over the samples), and the blend (column '
                 '"importance") by the members\' importances, each scaled to sum to 1, '
                 'weighed by the stack\'s weights. These rank what the model uses; they are '
                 'not causes, and correlated ASVs share credit unevenly.',

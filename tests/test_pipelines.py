@@ -139,9 +139,9 @@ def test_no_mouse_is_on_both_sides_of_a_sleep_apnea_split():
 
 
 def test_the_planted_asvs_rank_first_for_every_member():
-    """Class b has ASVs f0 and f1, class a f2 and f3: for each member the first ASV is a
-    planted one, and three of its first four are (members may lean on one ASV of a pair
-    that always comes together and give its twin little)."""
+    """Class b has ASVs f0 and f1, class a f2 and f3: for each member the first two ASVs are
+    planted ones (a member may lean on one ASV of a pair that always comes together and give
+    its twin little, so not all four need lead)."""
     from synthetic import views
     from q2_aam import _actions
     t, s, c, _ = views('planted')
@@ -152,7 +152,7 @@ def test_the_planted_asvs_rank_first_for_every_member():
     planted = {'f0', 'f1', 'f2', 'f3'}
     for column in ('importance', 'transformer', 'linear', 'tree'):
         ranked = list(importance[column].sort_values(ascending=False).index)
-        assert ranked[0] in planted and len(planted & set(ranked[:4])) >= 3, \
+        assert set(ranked[:2]) <= planted, \
             (column, importance[column].sort_values(ascending=False).head())
 
 
