@@ -110,7 +110,9 @@ def sequences_for(feature_ids, sequences):
             'features with `qiime feature-table filter-features-conditionally` / '
             '`filter-seqs`.')
     found = [lookup[f] for f in feature_ids]
-    unreadable = [f for f, q in zip(feature_ids, found) if not set(q.upper()) & set('ACGT')]
+    # only ambiguity codes (empty sequences and other letters are the tokenizer's to name)
+    unreadable = [f for f, q in zip(feature_ids, found)
+                  if q and set(q.upper()) <= set('NRYSWKMBDHV')]
     if unreadable:
         raise ValueError(
             f'{len(unreadable)} of {len(feature_ids)} features in the table have a sequence '
