@@ -520,11 +520,8 @@ def _metadata_column(ds, rows, values, name):
     import qiime2
     index = pd.Index([str(s) for s in ds.sample_ids[rows]], name='sample-id')
     series = pd.Series(values, index=index, name=name)
-    if ds.task == 'regression' or name != ds.target:
-        kind = qiime2.NumericMetadataColumn if series.dtype.kind == 'f' else \
-            qiime2.CategoricalMetadataColumn
-    else:
-        kind = qiime2.CategoricalMetadataColumn
+    kind = qiime2.NumericMetadataColumn if series.dtype.kind == 'f' else \
+        qiime2.CategoricalMetadataColumn
     return kind(series)
 
 

@@ -279,14 +279,12 @@ def _split(data, validation_size, seed, stratify=None, groups=None):
     """Training and validation rows, drawn and announced once per action: an ensemble's
     members all train on this split. With groups, whole groups are held out."""
     if groups is not None and validation_size:
-        k = max(2, int(round(1 / validation_size)))
         try:
-            fit_rows, held = folds_module.cross_fit_folds(len(data), k, stratify=stratify,
-                                                          groups=groups, seed=seed)[0]
+            train_rows, val_rows = folds_module.train_test_rows(
+                len(data), validation_size, stratify=stratify, groups=groups, seed=seed)
         except folds_module.FoldError as e:
             raise ValueError(f'validation_size {validation_size:g} holds out whole groups: '
                              f'{e} Lower validation_size, or set it to 0.') from None
-        train_rows, val_rows = np.sort(fit_rows), np.sort(held)
     else:
         train_rows, val_rows = split_samples(len(data), validation_size, stratify=stratify,
                                              seed=seed)
@@ -535,13 +533,13 @@ def fit(
     results, held_out = [], []
     with runstate.held(lock):
         for member in range(p['ensemble_size']):
-            rows = (train_rows if folds is None else folds[member][0]), val_rows
+            rows = (train_rows if folds is None else train_rows[folds[member][0]]), val_rows
             start = None if continue_from is None else continue_from.member_states()[member]
             result = _fit_member(cfg, pretrained, data, rows, settings, p, member,
                                  class_names=labels, start=start)
             if folds is not None:
-                held_out.append(_held_out_outputs(cfg, result, data, folds[member][1],
-                                                  p['device']))
+                held_out.append(_held_out_outputs(cfg, result, data,
+                                                  train_rows[folds[member][1]], p['device']))
             results.append(result)
     stack, fitted, table_oof = _blend(p, cfg, data, counts, seqs, targets, train_rows, folds,
                                       held_out, continue_from, labels, group_of,
@@ -556,8 +554,8 @@ def fit(
 
 def _member_folds(p, continue_from, train_rows, stratify, group_of):
     """The folds the transformer members are cross-fitted on (member m fits all but fold m
-    and predicts fold m), or None: a fixed blend, a continued model or a single member train
-    every member on every training sample."""
+    and predicts fold m), as positions within ``train_rows``, or None: a fixed blend, a
+    continued model or a single member train every member on every training sample."""
     if p['blend'] != 'stacked' or continue_from is not None or p['ensemble_size'] < 2:
         return None
     try:
@@ -572,7 +570,7 @@ def _member_folds(p, continue_from, train_rows, stratify, group_of):
     grouped = '' if group_of is None else ', whole groups kept together'
     _inputs.note(f'each of the {len(found)} transformer members fits all training samples '
                  f'but one fold and predicts that fold ({len(found)} folds{grouped}).')
-    return [(train_rows[fit], train_rows[held]) for fit, held in found]
+    return found
 
 
 def _blend(p, cfg, data, counts, seqs, targets, train_rows, folds, held_out, continue_from,
@@ -585,10 +583,9 @@ def _blend(p, cfg, data, counts, seqs, targets, train_rows, folds, held_out, con
     chosen = {'transformer': p['transformer_weight'], 'linear': p['linear_weight'],
               'tree': p['tree_weight']}
     names = [m for m in stack_module.MEMBERS if chosen[m] > 0]
-    local = None if folds is None else _local_folds(folds, train_rows)
     others = [m for m in names if m != 'transformer']
     fitted, oof = members_module.fit_members(
-        others, counts[train_rows], seqs, targets[train_rows], task, n_classes, folds=local,
+        others, counts[train_rows], seqs, targets[train_rows], task, n_classes, folds=folds,
         seed=p['random_seed'])
     for m in others:
         _inputs.note(_member_note(m, fitted[m], task))
@@ -615,13 +612,6 @@ def _blend(p, cfg, data, counts, seqs, targets, train_rows, folds, held_out, con
     _announce(stack)
     return stack, fitted, _out_of_fold_table(data, train_rows, stack, oof, truth, labels,
                                              folds)
-
-
-def _local_folds(folds, train_rows):
-    """Folds as positions within the training rows."""
-    position = {r: i for i, r in enumerate(train_rows)}
-    return [(np.array([position[r] for r in fit]), np.array([position[r] for r in held]))
-            for fit, held in folds]
 
 
 def _member_note(name, member, task):
@@ -656,7 +646,7 @@ def _out_of_fold_table(data, train_rows, stack, oof, truth, labels, folds):
     prediction (a classifier's as class probabilities), and the fold that held it out."""
     index = pd.Index(data.sample_ids[train_rows], name='sample-id')
     blend = stack_module.apply_stack(stack, {m: oof[m] for m in stack.members})
-    fold_of = np.empty(len(data), np.int64)
+    fold_of = np.empty(len(train_rows), np.int64)
     for f, (_, held) in enumerate(folds):
         fold_of[held] = f
     if stack.task == 'regression':
@@ -674,7 +664,7 @@ def _out_of_fold_table(data, train_rows, stack, oof, truth, labels, folds):
             if m in oof:
                 for c, name in enumerate(labels):
                     table[f'prob:{m}:{name}'] = oof[m][:, c]
-    table['fold'] = fold_of[train_rows]
+    table['fold'] = fold_of
     return table.sort_index()
 
 
@@ -774,59 +764,62 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
     import torch
     if _threads(threads):
         torch.set_num_threads(_threads(threads))
-    counts, sample_ids, feature_ids = _inputs.table_parts(table)
-    seqs = _inputs.sequences_for(feature_ids, sequences)
-    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
-                              model.config['max_asvs'], model.config['max_bp'])
-    device = resolve_device(device)
-    outputs = [engine_predict(member, data, batch_size=batch_size, device=device)['prediction']
-               for member in model.build_models()]
-    if model.task == 'classification' and model.config.get('calibration'):
-        outputs = [calibration.apply_class_calibration(raw, model.config['calibration'])
-                   for raw in outputs]
-    raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
+    counts, _, seqs, data = _read(model, table, sequences)
     index = pd.Index(data.sample_ids, name='id')
-    if model.task == 'regression':
-        out = raw[:, 0] * model.config['target_std'] + model.config['target_mean']
-    else:
-        out = class_probabilities(raw)
+    out = _transformer_outputs(model, data, batch_size, device)
     if 'stack' in model.config:
-        out = _stacked(model, out, counts, seqs, index)
+        stack = stack_module.Stack.from_config(model.config['stack'], model.task)
+        out = stack_module.apply_stack(stack, _member_outputs(model, out, counts, seqs, index))
     elif model.linear is not None:        # a model fitted before stacking: as it predicted
         out = _with_linear_half(model, out, counts, seqs, index)
     _check_finite(out.reshape(len(out), -1).sum(axis=1), index)
     return index, out
 
 
-def member_predictions(model: SavedModel, table, sequences, batch_size=64, device='cpu'):
-    """Each member's predictions of a stacked model (values, or class probabilities), by
-    member name: what the blend weighs. For benchmarks and for reading a model."""
+def _read(model, table, sequences):
+    """A table and its sequences as the model reads them: (counts, their feature IDs and
+    sequences, data)."""
     counts, sample_ids, feature_ids = _inputs.table_parts(table)
     seqs = _inputs.sequences_for(feature_ids, sequences)
     data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
                               model.config['max_asvs'], model.config['max_bp'])
-    outputs = [engine_predict(member, data, batch_size=batch_size,
-                              device=resolve_device(device))['prediction']
+    return counts, feature_ids, seqs, data
+
+
+def _transformer_outputs(model, data, batch_size, device):
+    """The transformer ensemble's predictions: values on the target's scale, or class
+    probabilities (a model from before stacking applies its members' calibration)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    outputs = [engine_predict(member, data, batch_size=batch_size, device=device)['prediction']
                for member in model.build_models()]
+    if model.task == 'classification' and model.config.get('calibration'):
+        outputs = [calibration.apply_class_calibration(raw, model.config['calibration'])
+                   for raw in outputs]
     raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
-    out = {'transformer': raw[:, 0] * model.config['target_std'] + model.config['target_mean']
-           if model.task == 'regression' else class_probabilities(raw)}
-    for name in ('linear', 'tree'):
-        if getattr(model, name) is not None:
-            out[name] = members_module.member_outputs(name, getattr(model, name), counts, seqs)
-    return pd.Index(data.sample_ids, name='id'), out
+    if model.task == 'regression':
+        return raw[:, 0] * model.config['target_std'] + model.config['target_mean']
+    return class_probabilities(raw)
 
 
-def _stacked(model, transformer, counts, seqs, index):
-    """The stack's blend of the transformer ensemble and the other members."""
-    stack = stack_module.Stack.from_config(model.config['stack'], model.task)
+def _member_outputs(model, transformer, counts, seqs, index):
+    """Every member's predictions by name, what the stack weighs; samples that share no
+    ASV with the training samples are named in a warning."""
     outputs = {'transformer': transformer}
-    if 'tree' in stack.members:
+    if model.tree is not None:
         outputs['tree'] = members_module.member_outputs('tree', model.tree, counts, seqs)
     if model.linear is not None:          # its values, and which samples share no ASV
         outputs['linear'], known = linear.linear_outputs(model.linear, counts, seqs)
         _warn_unknown(index, known)
-    return stack_module.apply_stack(stack, outputs)
+    return outputs
+
+
+def member_predictions(model: SavedModel, table, sequences, batch_size=64, device='cpu'):
+    """Each member's predictions of a stacked model (values, or class probabilities), by
+    member name: what the blend weighs. For benchmarks and for reading a model."""
+    counts, _, seqs, data = _read(model, table, sequences)
+    index = pd.Index(data.sample_ids, name='id')
+    transformer = _transformer_outputs(model, data, batch_size, device)
+    return index, _member_outputs(model, transformer, counts, seqs, index)
 
 
 def _warn_unknown(index, known):
@@ -888,10 +881,7 @@ def feature_importance(model: SavedModel, table: BIOMV210Format,
     if model.task == 'encoder':
         raise ValueError('This model is a pretrained encoder: it predicts nothing, so no ASV '
                          'matters to a prediction. Fit a regressor or classifier from it.')
-    counts, sample_ids, feature_ids = _inputs.table_parts(table)
-    seqs = _inputs.sequences_for(feature_ids, sequences)
-    data = _inputs.build_data(counts, sample_ids, feature_ids, seqs,
-                              model.config['max_asvs'], model.config['max_bp'])
+    counts, feature_ids, seqs, data = _read(model, table, sequences)
     members = {'transformer': importance_module.transformer_importance(
         model.build_models(), data)}
     # build_data keeps the features the samples use: report on those, in that order

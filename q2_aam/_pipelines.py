@@ -42,10 +42,23 @@ def _samples(table, metadata, groups, missing_samples, classification):
     return kept, values, group_of
 
 
+def _strata(values, classification, stratify):
+    """What a split keeps in proportion: the class, a regressor's target quintile (with
+    stratify), or nothing."""
+    if classification:
+        return values.to_numpy()
+    if stratify:
+        return pd.qcut(values.astype(float), 5, labels=False, duplicates='drop').to_numpy()
+    return None
+
+
+def _absent_classes(values, train, test):
+    """Classes of the test rows that no training row has."""
+    return sorted(set(values.iloc[test]) - set(values.iloc[train]))
+
+
 def _split(ids, values, group_of, test_size, random_state, stratify, classification):
-    strata = values.to_numpy() if classification else (
-        pd.qcut(values.astype(float), 5, labels=False, duplicates='drop').to_numpy()
-        if stratify else None)
+    strata = _strata(values, classification, stratify)
     try:
         train, test = folds_module.train_test_rows(len(ids), test_size, stratify=strata,
                                                    groups=group_of, seed=random_state)
@@ -58,7 +71,7 @@ def _split(ids, values, group_of, test_size, random_state, stratify, classificat
                          f'{"" if group_of is None else f", {len(set(group_of))} groups"}). '
                          'Nothing was fitted. Change test_size, or give more samples.')
     if classification:
-        absent = sorted(set(values.iloc[test]) - set(values.iloc[train]))
+        absent = _absent_classes(values, train, test)
         if absent:
             raise ValueError(
                 f'The split leaves {len(absent)} classes out of the training samples: '
@@ -135,9 +148,7 @@ def _ncv(ctx, classification, table, sequences, metadata, groups, pretrained, cv
          random_state, stratify, missing_samples, fit_params):
     view = table.view(biom.Table)
     ids, values, group_of = _samples(view, metadata, groups, missing_samples, classification)
-    strata = values.to_numpy() if classification else (
-        pd.qcut(values.astype(float), 5, labels=False, duplicates='drop').to_numpy()
-        if stratify else None)
+    strata = _strata(values, classification, stratify)
     try:
         folds = folds_module.cross_fit_folds(len(ids), cv, stratify=strata, groups=group_of,
                                              seed=random_state)
@@ -147,7 +158,7 @@ def _ncv(ctx, classification, table, sequences, metadata, groups, pretrained, cv
     ids = np.asarray(ids, dtype=object)
     if classification:
         for f, (train, test) in enumerate(folds):
-            absent = sorted(set(values.iloc[test]) - set(values.iloc[train]))
+            absent = _absent_classes(values, train, test)
             if absent:
                 raise ValueError(
                     f'Fold {f + 1} of {cv} leaves {len(absent)} classes out of its training '

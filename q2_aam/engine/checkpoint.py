@@ -326,19 +326,30 @@ def write_tree(tree, path):
                             importance=tree.importance)
 
 
+def _member_file(directory, name, wanted, described, unused):
+    """The path of a member's file, or None when the config wants none; a file the config
+    describes but lacks, or holds without describing, is refused by name."""
+    path = Path(directory) / name
+    if not wanted:
+        if path.exists():
+            raise ModelFileError(f'{name} is present, but {unused}; the model folder is '
+                                 'inconsistent.')
+        return None
+    if not path.is_file():
+        raise ModelFileError(f'{described}, but {name} is missing; the model folder is '
+                             'damaged: train the model again.')
+    return path
+
+
 def read_tree(directory, config):
     """tree.npz back as a TreeModel, checked: the arrays of a forest whose every node and
     feature index is in range, present exactly when the stack weighs a tree member."""
-    path = Path(directory) / TREE_FILE
-    wanted = 'tree' in ((config.get('stack') or {}).get('members') or [])
-    if not wanted:
-        if path.exists():
-            raise ModelFileError(f'{TREE_FILE} is present, but config.json\'s stack has no '
-                                 'tree member to use it; the model folder is inconsistent.')
+    path = _member_file(directory, TREE_FILE,
+                        'tree' in ((config.get('stack') or {}).get('members') or []),
+                        "config.json's stack weighs a tree member",
+                        "config.json's stack has no tree member to use it")
+    if path is None:
         return None
-    if not path.is_file():
-        raise ModelFileError(f'config.json\'s stack weighs a tree member, but {TREE_FILE} is '
-                             'missing; the model folder is damaged: train the model again.')
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = [k for k in TREE_ARRAYS if k not in arrays.files]
@@ -370,15 +381,11 @@ def read_linear(directory, config):
     """linear.tsv back as a LinearModel, checked against config.json: one row per sequence,
     one finite coefficient per output."""
     meta = config.get('linear')
-    path = Path(directory) / LINEAR_FILE
-    if meta is None:
-        if path.exists():
-            raise ModelFileError(f'{LINEAR_FILE} is present, but config.json describes no '
-                                 'linear half to use it; the model folder is inconsistent.')
+    path = _member_file(directory, LINEAR_FILE, meta is not None,
+                        'config.json describes a linear half',
+                        'config.json describes no linear half to use it')
+    if path is None:
         return None
-    if not path.is_file():
-        raise ModelFileError(f'config.json describes a linear half, but {LINEAR_FILE} is '
-                             'missing; the model folder is damaged: train the model again.')
     table = _read_tsv(path, index_col=0)
     names = _output_names(config)
     if [str(c) for c in table.columns] != names or table.index.name != 'sequence':

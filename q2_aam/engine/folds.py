@@ -7,6 +7,8 @@ such folds favours the members that memorise.
 """
 import numpy as np
 
+from .data import split_samples
+
 
 class FoldError(ValueError):
     """Samples that cannot be dealt into the folds asked for; the message says why."""
@@ -58,24 +60,13 @@ def cross_fit_folds(n, k, stratify=None, groups=None, seed=0):
 
 
 def train_test_rows(n, test_size, stratify=None, groups=None, seed=0):
-    """(train rows, test rows): stratified by class as far as the units allow, and with
-    groups whole groups on one side. With groups the test side is one of round(1 /
+    """(train rows, test rows): stratified by class as far as the units allow (without
+    groups, data.split_samples: each class keeps a training sample), and with groups whole
+    groups on one side. With groups the test side is one of round(1 /
     test_size) grouped folds, so its share is near ``test_size``, not exact."""
     if not 0 < test_size < 1:
         raise FoldError(f'test_size must lie between 0 and 1, not {test_size}.')
-    k = max(2, int(round(1 / test_size)))
     if groups is None:
-        rng = np.random.default_rng(seed)
-        rows = np.arange(n)
-        if stratify is None:
-            test = rng.permutation(rows)[:max(1, int(round(test_size * n)))]
-        else:
-            test = []
-            for label in np.unique(np.asarray(stratify).astype(str)):
-                members = rng.permutation(rows[np.asarray(stratify).astype(str) == label])
-                test.extend(members[:int(round(test_size * len(members)))])
-            test = np.array(test, np.int64)
-        is_test = np.isin(rows, test)
-        return rows[~is_test], rows[is_test]
-    fit, held = cross_fit_folds(n, k, stratify=stratify, groups=groups, seed=seed)[0]
-    return fit, held
+        return split_samples(n, test_size, stratify=stratify, seed=seed)
+    k = max(2, int(round(1 / test_size)))
+    return cross_fit_folds(n, k, stratify=stratify, groups=groups, seed=seed)[0]
