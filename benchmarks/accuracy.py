@@ -203,59 +203,6 @@ def make_splits(ds, n_splits, split_seed=0):
     return out
 
 
-def inner_validation(ds, train_rows, fraction=0.2, seed=0):
-    """A validation split inside the training rows (whole groups, or stratified)."""
-    rng = np.random.default_rng(seed)
-    if ds.groups is not None:
-        g = np.unique(ds.groups[train_rows])
-        n_val = max(1, int(round(fraction * len(g))))
-        val_groups = set(rng.permutation(g)[:n_val])
-        is_val = np.array([x in val_groups for x in ds.groups[train_rows]])
-        return train_rows[~is_val], train_rows[is_val]
-    from q2_aam.engine.data import split_samples
-    tr, va = split_samples(len(train_rows), fraction, stratify=ds.y[train_rows], seed=seed)
-    return train_rows[tr], train_rows[va]
-
-
-# -- models ----------------------------------------------------------------------------
-
-@dataclass
-class AAMVariant:
-    """One q2-aam configuration (pretraining is optional)."""
-    description: str
-    embedding_dim: int = 64
-    attention_heads: int = 4
-    attention_layers: int = 2
-    nucleotide_layers: int = None    # None: attention_layers; 0: k-mer profile alone
-    kmer_size: int = 6
-    dropout: float = 0.1
-    max_asvs: int = 256
-    batch_size: int = 8
-    pretrain: bool = True
-    pretrain_epochs: int = 30
-    pretrain_lr: float = 1e-3
-    epochs: int = 40
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    optimizer: str = 'adamw'
-    scheduler: str = 'warmup_cosine'
-    patience: int = 10
-    freeze_encoder: bool = False
-    nuc_weight: float = 1.0          # masked-base loss while fitting
-    pretrain_nuc_weight: float = 1.0
-    unifrac_weight: float = 0.0      # UniFrac loss while fitting (training samples only)
-    rarefy: int = 0                  # per-epoch read subsampling depth (0 = off)
-    ensemble: int = 1                # models (seeds) averaged
-    member_splits: bool = False      # each member its own validation split (fit: shared)
-    validation: float = 0.2          # fit's inner validation fraction (0: every training
-                                     # row is fitted for all epochs, as fit's default)
-    max_grad_norm: float = 1.0
-    calibrate: bool = False          # classifiers: members cross-fitted on the training
-                                     # rows, a temperature and class biases fitted out of fold
-    linear_weight: float = 0.0       # share of the linear half (run_linear) in a prediction
-    extra: dict = field(default_factory=dict)   # other TrainSettings fields
-
-
 @dataclass
 class ProductVariant:
     """q2-aam as a user runs it: the shipped `fit` and `predict` (the action functions that
@@ -263,6 +210,9 @@ class ProductVariant:
     groups column where a row's subjects repeat, as the README tells users to pass it."""
     description: str
     params: dict = field(default_factory=dict)
+    # the pretrain action's parameters: an encoder is pretrained on the fold's training
+    # samples (their UniFrac sub-matrix) and fit starts from it; None: fit from scratch
+    pretrain: dict = None
 
 
 @dataclass
@@ -284,24 +234,8 @@ class LinearVariant:
     description: str
 
 
-# The plugin's defaults (q2_aam/_actions.py DEFAULTS): each ASV read as its k-mer profile
-# (no nucleotide transformer when fitting from scratch), composition path, embedding 32,
-# 4 heads, 1 sample-encoder layer, 128 ASVs, batch 16, lr 3e-3, 60 epochs, patience 10,
-# no masked-nucleotide loss while fitting, reads subsampled to 2,000 per epoch, an ensemble
-# of seeds' models averaged, each fitted on every training sample for all 60 epochs (no
-# validation split; pretraining keeps its 20 % split).
-DEFAULT = dict(embedding_dim=32, attention_heads=4, attention_layers=1, max_asvs=128,
-               batch_size=16, epochs=60, learning_rate=3e-3, patience=10, nuc_weight=0.0,
-               max_grad_norm=1.0, pretrain_epochs=20, pretrain_lr=3e-3, ensemble=5,
-               rarefy=2000, validation=0.0, nucleotide_layers=0, linear_weight=0.75)
-# Until 2026-11-30 fit read each ASV's bases with a one-layer transformer as well (and
-# dropped attention weights); every q2-aam figure before that date is this variant's.
-WITH_NUCLEOTIDES = {**DEFAULT, 'nucleotide_layers': 1, 'linear_weight': 0.0}
-# Tuned on sleep-apnea fold 0 for the model before the k-mer profile (see results.md,
-# "Levers"): pretraining on the training samples' UniFrac, then a head on the frozen encoder.
-TUNED_BEFORE_KMERS = dict(embedding_dim=32, attention_layers=1, max_asvs=64, batch_size=16,
-                          pretrain_epochs=15, pretrain_lr=1e-3, freeze_encoder=True,
-                          epochs=40, learning_rate=3e-3, patience=10)
+# fit with the transformer ensemble alone: a fixed blend without the other members
+ONLY_TRANSFORMERS = dict(blend='fixed', linear_weight=0.0, tree_weight=0.0)
 
 VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
@@ -318,186 +252,21 @@ VARIANTS = {
                                 "the transformer ensemble + 0.75 x the linear half",
                                 dict(blend='fixed', transformer_weight=0.25, linear_weight=0.75,
                                      tree_weight=0.0)),
-    'aam-linear75': AAMVariant("the last release's default, by the benchmark's own copy of fit: "
-                               "0.25 x the transformer ensemble + 0.75 x the linear half",
-                               **{**DEFAULT, 'pretrain': False}),
-    'aam-transformer': AAMVariant("the defaults' transformer ensemble alone (linear_weight "
-                                  "0): q2-aam's default before 2026-11-30",
-                                  **{**DEFAULT, 'pretrain': False, 'linear_weight': 0.0}),
-    'aam-nucleotides': AAMVariant("the defaults before 2026-11-30: each ASV also read by a "
-                                  "one-layer nucleotide transformer (5x the training time)",
-                                  **{**WITH_NUCLEOTIDES, 'pretrain': False}),
-    'aam-pretrained': AAMVariant("q2-aam defaults, pretrained 20 epochs on the training "
-                                 "samples' UniFrac (nucleotide transformer and masked-base "
-                                 "loss, as `pretrain`'s defaults), then fit (encoder trainable)",
-                                 **{**WITH_NUCLEOTIDES, 'pretrain': True}),
-    'aam-frozen': AAMVariant("defaults, pretrained, head on the frozen encoder",
-                             **{**WITH_NUCLEOTIDES, 'pretrain': True, 'freeze_encoder': True}),
-    'aam-old-tuned': AAMVariant("tuned before the k-mer profile: pretrain, frozen encoder",
-                                **TUNED_BEFORE_KMERS),
-    'aam-base': AAMVariant("the brief's starting point: dim 64, 2 layers, 256 ASVs, batch 8, "
-                           "pretrain then fine-tune"),
+    'aam-transformer': ProductVariant("the transformer ensemble alone (every member fitted on "
+                                      "every training sample): q2-aam before the linear half",
+                                      ONLY_TRANSFORMERS),
+    'aam-nucleotides': ProductVariant("the transformer ensemble alone, each ASV also read by "
+                                      "a one-layer nucleotide transformer (fit's default "
+                                      "before 2026-11-30; 5x the training time)",
+                                      {**ONLY_TRANSFORMERS, 'nucleotide_layers': 1}),
+    'aam-pretrained': ProductVariant("the transformer ensemble alone, from an encoder "
+                                     "`pretrain` made (its defaults, 20 epochs) on the fold's "
+                                     "training samples' UniFrac (encoder trainable)",
+                                     ONLY_TRANSFORMERS, pretrain=dict(epochs=20)),
+    'aam-frozen': ProductVariant("as aam-pretrained, the head fitted on the frozen encoder",
+                                 {**ONLY_TRANSFORMERS, 'freeze_encoder': True},
+                                 pretrain=dict(epochs=20)),
 }
-_PRETRAINED = {}   # (dataset, fold, member, pretraining settings) -> encoder state
-
-
-def _settings(v, seed, epochs, lr, pretraining, quiet=True, threads=None):
-    from q2_aam.engine.trainer import TrainSettings
-    kw = dict(epochs=epochs, batch_size=v.batch_size, learning_rate=lr,
-              weight_decay=v.weight_decay, optimizer=v.optimizer, scheduler=v.scheduler,
-              patience=v.patience, max_grad_norm=v.max_grad_norm, random_seed=seed,
-              histogram_frequency=0, quiet=quiet, threads=threads)
-    if pretraining:
-        kw.update(nuc_weight=v.pretrain_nuc_weight)
-    else:   # read subsampling is a fit option (pretrain has none)
-        kw.update(nuc_weight=v.nuc_weight, unifrac_weight=v.unifrac_weight,
-                  freeze_encoder=v.freeze_encoder, rarefy_depth=v.rarefy)
-    kw.update(v.extra)
-    return TrainSettings(**kw)
-
-
-def _subset_data(ds, rows, max_asvs, with_distances=False, with_targets=False):
-    from q2_aam.engine.data import AmpliconData
-    return AmpliconData(ds.counts[rows], ds.sample_ids[rows], ds.feature_ids, ds.sequences,
-                        max_asvs=max_asvs,
-                        distances=ds.distances[np.ix_(rows, rows)] if with_distances else None,
-                        targets=ds.y[rows] if with_targets else None)
-
-
-VERBOSE = bool(os.environ.get('AAM_BENCH_VERBOSE'))
-
-
-def _epoch_logger(tag):
-    if not VERBOSE:
-        return None
-    keys = ('train_total_loss', 'val_total_loss', 'val_target_loss', 'val_unifrac_loss',
-            'val_r2', 'val_mae', 'val_accuracy')
-
-    def log(epoch, record):
-        shown = ' '.join(f'{k}={record[k]:.3f}' for k in keys if k in record)
-        print(f'      {tag} epoch {epoch}: {shown}', flush=True)
-    return log
-
-
-def architecture(v):
-    """A q2-aam variant's model settings (AAMConfig fields)."""
-    return dict(embedding_dim=v.embedding_dim, attention_heads=v.attention_heads,
-                attention_layers=v.attention_layers, dropout=v.dropout,
-                nucleotide_layers=v.nucleotide_layers, kmer_size=v.kmer_size)
-
-
-def pretrain_encoder(v, data, fit_rows, val_rows, seed, epochs, on_epoch_end=None):
-    """An encoder of the variant's architecture pretrained on ``data``'s distances, with
-    the variant's pretraining settings; returns the TrainResult."""
-    import torch
-    from q2_aam.engine.model import AAM, AAMConfig
-    from q2_aam.engine.trainer import train
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    enc = AAM(AAMConfig(task='encoder', n_outputs=0, **architecture(v)))
-    return train(enc, data, fit_rows, val_rows,
-                 _settings(v, seed, epochs, v.pretrain_lr, True), on_epoch_end=on_epoch_end)
-
-
-def run_aam(v, ds, train_rows, test_rows, fold, quick=False, log=None, encoder=None):
-    """Pretrain (optional) and fit on train_rows; predict test_rows. Returns predictions.
-    ``encoder``: a pretrained encoder's state to fit from instead (label_scarce.py
-    pretrains on every sample of the study, which needs no labels)."""
-    import torch
-    from q2_aam.engine.model import AAM, AAMConfig, load_encoder_weights
-    from q2_aam.engine.trainer import class_probabilities, predict, target_scale, train
-    # local row numbers inside the training-only data
-    local = {r: i for i, r in enumerate(train_rows)}
-
-    def split(member, fraction):
-        seed = fold + 7919 * member if v.member_splits else fold
-        if not fraction:
-            return np.arange(len(train_rows)), np.array([], dtype=int)
-        fit_rows, val_rows = inner_validation(ds, train_rows, fraction, seed=seed)
-        return (np.array([local[r] for r in fit_rows]), np.array([local[r] for r in val_rows]))
-    n_out = 1 if ds.task == 'regression' else len(ds.classes)
-    pre_epochs = max(2, v.pretrain_epochs // 5) if quick else v.pretrain_epochs
-    fit_epochs = max(2, v.epochs // 5) if quick else v.epochs
-    train_data = _subset_data(ds, train_rows, v.max_asvs, with_distances=v.pretrain or
-                              v.unifrac_weight > 0, with_targets=True)
-    test_data = _subset_data(ds, test_rows, v.max_asvs)
-    outputs, seen, seconds, info = [], 0, 0.0, {}
-    arch = architecture(v)
-    encoder_state = encoder
-    # one encoder per fold, shared by the ensemble's members, as `fit --i-pretrained` shares it
-    key = (ds.name, fold, quick, tuple(sorted(arch.items())), v.max_asvs,
-           v.batch_size, v.pretrain_epochs, v.pretrain_lr, v.pretrain_nuc_weight,
-           v.weight_decay, v.optimizer, v.scheduler, v.max_grad_norm)
-    if encoder is not None:
-        pass
-    elif v.pretrain and key in _PRETRAINED:     # shared by variants that differ in fitting
-        encoder_state = _PRETRAINED[key]
-    elif v.pretrain:
-        r = pretrain_encoder(v, train_data, *split(0, 0.2),     # pretrain's validation_size
-                             seed=1000 * fold, epochs=pre_epochs,
-                             on_epoch_end=_epoch_logger('pretrain'))
-        encoder_state = _PRETRAINED[key] = r.state_dict
-        seen += r.train_samples_per_second * r.train_seconds
-        seconds += r.train_seconds
-        info['pre_best_epoch'] = r.best_epoch
-    from q2_aam.engine.calibration import apply_class_calibration, fit_class_calibration
-    from q2_aam.engine.folds import cross_fit_folds
-    cross_fit = v.calibrate and v.ensemble > 1
-    if cross_fit:
-        folds = cross_fit_folds(len(train_rows), v.ensemble, seed=1000 * fold,
-                                stratify=None if ds.task == 'regression' else ds.y[train_rows])
-        held_raw = np.zeros((len(train_rows), n_out))
-    raws = []
-    for member in range(v.ensemble):
-        seed = 1000 * fold + member
-        fit_local, val_local = split(member, v.validation)
-        if cross_fit:
-            assert not len(val_local), 'calibrate cross-fits instead of a validation split'
-            fit_local, held_local = folds[member]
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        model = AAM(AAMConfig(task=ds.task, n_outputs=n_out, **arch))
-        if encoder_state is not None:
-            load_encoder_weights(model, encoder_state)
-        settings = _settings(v, seed, fit_epochs, v.learning_rate, False)
-        if ds.task == 'regression':   # fit's scale: every training sample, shared by members
-            settings.target_scale = target_scale(ds.y[train_rows])
-        r = train(model, train_data, fit_local, val_local, settings,
-                  class_names=ds.classes, on_epoch_end=_epoch_logger('fit'))
-        seen += r.train_samples_per_second * r.train_seconds
-        seconds += r.train_seconds
-        info['best_epoch'] = r.best_epoch
-        info['epochs_run'] = r.epochs_run
-        model.load_state_dict(r.state_dict)
-        t0 = time.perf_counter()
-        out = predict(model, test_data)['prediction']
-        info['predict_seconds'] = info.get('predict_seconds', 0) + time.perf_counter() - t0
-        if cross_fit:
-            held_raw[held_local] = predict(model, train_data, rows=held_local)['prediction']
-        if ds.task == 'regression':
-            outputs.append(out[:, 0] * r.target_std + r.target_mean)
-        else:
-            raws.append(out)
-        if log:
-            log(f'    member {member}: best epoch {r.best_epoch}/{r.epochs_run}')
-    if ds.task != 'regression':
-        calibration = (fit_class_calibration(held_raw, ds.y[train_rows].astype(int), n_out)
-                       if cross_fit else None)
-        if calibration:
-            info['calibration'] = calibration
-            if log:
-                log(f'    calibration: {calibration}')
-        outputs = [class_probabilities(apply_class_calibration(out, calibration))
-                   for out in raws]
-    # the ensembles of the first 1, 2, ... members, scored by evaluate(): one run gives the
-    # whole ensemble-size curve, since member m is the same model in every ensemble size
-    info['first_members'] = [np.mean(outputs[:m], axis=0) for m in range(1, len(outputs) + 1)]
-    if v.linear_weight:      # fit's linear half, averaged in as predict does
-        half, _ = run_linear(None, ds, train_rows, test_rows)
-        info['first_members'] = [(1 - v.linear_weight) * p + v.linear_weight * half
-                                 for p in info['first_members']]
-    info['train_samples_per_second'] = seen / seconds if seconds else float('nan')
-    return info['first_members'][-1], info
 
 
 THREADS = 0
@@ -525,15 +294,33 @@ def _metadata_column(ds, rows, values, name):
     return kind(series)
 
 
-def run_product(v, ds, train_rows, test_rows, threads=0):
+def pretrain_product(ds, rows, params, threads=0):
+    """The shipped pretrain on ``rows`` (their UniFrac sub-matrix): an encoder, as
+    `qiime aam pretrain` makes it, for fit's ``pretrained``."""
+    import contextlib
+    import io
+    import skbio
+    from q2_aam.actions.pretrain import pretrain
+    table, seqs = _views(ds, rows)
+    ids = [str(s) for s in ds.sample_ids[rows]]
+    matrix = skbio.DistanceMatrix(np.asarray(ds.distances[np.ix_(rows, rows)], np.float64),
+                                  ids)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return pretrain(table=table, sequences=seqs, distance_matrix=matrix, threads=threads,
+                        **params)
+
+
+def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=False):
     """The shipped fit on the training rows, the shipped predict on the test rows. Also
     returns (info['derived']) what the stack's members predict: the transformer ensemble
     alone, and the blend restacked without it (the same stack fitted on the linear and tree
     members' out-of-fold predictions the model keeps), so that a row says what the
-    transformer adds."""
+    transformer adds. ``encoder``: a pretrained encoder to fit from (else the variant's
+    ``pretrain`` makes one on the training rows, or fit starts from scratch)."""
     import contextlib
     import io
-    from q2_aam import _actions
+    from q2_aam.actions.fit import fit
+    from q2_aam.actions.predict import member_predictions, predict, predict_probabilities
     from q2_aam.engine import stack as stack_module
     table, seqs = _views(ds, train_rows)
     truth = ds.y[train_rows]
@@ -543,19 +330,22 @@ def run_product(v, ds, train_rows, test_rows, threads=0):
     if DATASETS.get(ds.name, RAREFIED.get(ds.name, (None,) * 4))[3] is not None:
         groups = _metadata_column(ds, train_rows, ds.groups[train_rows].astype(str), 'subject')
     column = _metadata_column(ds, train_rows, values, ds.target)
+    params = {'epochs': 12, **v.params} if quick else v.params
     t0 = time.perf_counter()
+    if encoder is None and v.pretrain is not None:
+        encoder = pretrain_product(ds, train_rows, v.pretrain, threads=threads)
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
-        model = _actions.fit(table=table, sequences=seqs, metadata=column, groups=groups,
-                             threads=threads, **v.params)
+        model, _ = fit(table=table, sequences=seqs, metadata=column, groups=groups,
+                       pretrained=encoder, threads=threads, **params)
     seconds = time.perf_counter() - t0
     test_table, test_seqs = _views(ds, test_rows)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         if ds.task == 'regression':
-            pred = _actions.predict(model, test_table, test_seqs, threads=threads).to_numpy()
+            pred = predict(model, test_table, test_seqs, threads=threads).to_numpy()
         else:
-            probs = _actions.predict_probabilities(model, test_table, test_seqs, threads=threads)
+            probs = predict_probabilities(model, test_table, test_seqs, threads=threads)
             pred = _class_matrix(ds, probs)
     info = {'predict_seconds': time.perf_counter() - t0,
             'train_samples_per_second': len(train_rows) / seconds,
@@ -568,7 +358,7 @@ def run_product(v, ds, train_rows, test_rows, threads=0):
     stack = model.config['stack']
     info['weights'] = dict(zip(stack['members'], stack['weights']))
     with contextlib.redirect_stdout(io.StringIO()):
-        _, members = _actions.member_predictions(model, test_table, test_seqs)
+        _, members = member_predictions(model, test_table, test_seqs)
     derived = {'transformer': members['transformer']}
     others = [m for m in stack['members'] if m != 'transformer']
     oof = model.validation
@@ -713,7 +503,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         elif isinstance(variant, TreeVariant):
             pred, info = run_tree(ds, tr, te)
         elif isinstance(variant, ProductVariant):
-            pred, info = run_product(variant, ds, tr, te, threads=THREADS)
+            pred, info = run_product(variant, ds, tr, te, threads=THREADS, quick=quick)
             if info.get('out_of_fold') is not None:
                 out_of_fold.append(info['out_of_fold'].rename(columns={'fold': 'inner_fold'})
                                    .reset_index().assign(dataset=ds.name, model=name,
@@ -723,7 +513,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
                     (score(ds.y[te], other_pred, ds.classes),
                      prediction_rows(ds, f'{name}:{other}', fold, te, other_pred)))
         else:
-            pred, info = run_aam(variant, ds, tr, te, fold, quick=quick, log=log)
+            raise TypeError(f'unknown variant {variant!r}')
         train_s.append(time.perf_counter() - t0 - info['predict_seconds'])
         pred_sps.append(len(te) / max(info['predict_seconds'], 1e-9))
         train_sps.append(info['train_samples_per_second'])
@@ -735,9 +525,6 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
         log(f'  {ds.name} {name} fold {fold}: ' +
             ' '.join(f'{k}={v:.3f}' for k, v in s.items()) +
             f' ({train_s[-1]:.0f} s) {extra[-1] or ""}')
-        for m, partial in enumerate(info.get('first_members', [])[:-1], start=1):
-            log(f'    first {m} member{"s" if m > 1 else ""}: ' + ' '.join(
-                f'{k}={v:.3f}' for k, v in score(ds.y[te], partial, ds.classes).items()))
     if ds.task == 'classification':
         log(confusion_text(ds, per_sample))
     row = {'dataset': ds.name, 'target': ds.target, 'model': name, 'folds': len(scores),
@@ -863,7 +650,7 @@ def main(argv=None):
     p.add_argument('--output', default=str(ROOT / 'benchmarks' / 'results.md'),
                    help="markdown file to write ('' = do not write)")
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                   help='override a q2-aam variant field for this run, e.g. --set epochs=20 '
+                   help='a fit parameter for the q2-aam variants of this run, e.g. --set epochs=20 '
                    '(repeatable; the model is then named with the override)')
     p.add_argument('--predictions', default='', metavar='TSV',
                    help='append every test sample\'s prediction to this TSV, to read a row\'s '
@@ -899,10 +686,7 @@ def main(argv=None):
             splits = [(i, split) for i, split in splits if i in keep]
         for name in args.variants.split(','):
             variant, label = VARIANTS[name], name
-            if overrides and isinstance(variant, AAMVariant):
-                variant = replace(variant, **overrides)
-                label = name + ' ' + ' '.join(args.set)
-            elif overrides and isinstance(variant, ProductVariant):
+            if overrides and isinstance(variant, ProductVariant):
                 variant = replace(variant, params={**variant.params, **overrides})
                 label = name + ' ' + ' '.join(args.set)
             print(f'{key}: {label}', flush=True)

@@ -36,8 +36,13 @@ def main(argv=None):
     import qiime2
     import torch
     torch.set_num_threads(args.threads)
-    from q2_aam import _actions
-    assert Path(_actions.__file__).resolve().is_relative_to(Path(args.code).resolve())
+    try:                 # the layout since the settings plan; before it, q2_aam/_actions.py
+        from q2_aam.actions.fit import fit
+        from q2_aam.actions.predict import predict
+    except ImportError:
+        from q2_aam._actions import fit, predict
+    import q2_aam
+    assert Path(q2_aam.__file__).resolve().is_relative_to(Path(args.code).resolve())
     folder = DATA / 'sleep-apnea-10422'
     table = biom.load_table(str(folder / 'table.biom'))
     seqs, name = {}, None
@@ -51,13 +56,14 @@ def main(argv=None):
     column = qiime2.Metadata.load(str(folder / 'metadata.tsv')).get_column('age')
     started = time.perf_counter()
     extra = {} if args.epochs is None else {'epochs': args.epochs}
-    model = _actions.fit(table=table, sequences=seqs, metadata=column, threads=args.threads,
-                         **extra)
+    model = fit(table=table, sequences=seqs, metadata=column, threads=args.threads, **extra)
+    if isinstance(model, tuple):       # (model, feature importance) since fit returns both
+        model = model[0]
     fit_seconds = time.perf_counter() - started
     best = float('inf')
     for _ in range(args.repeat):
         started = time.perf_counter()
-        _actions.predict(model, table, seqs, threads=args.threads)
+        predict(model, table, seqs, threads=args.threads)
         best = min(best, time.perf_counter() - started)
     peak = 0.0
     for line in open('/proc/self/status'):

@@ -103,7 +103,8 @@ def run_path(path, args):
     import torch
     from q2_aam.engine.data import AmpliconData, batch_indices, split_samples
     from q2_aam.engine.model import AAM, AAMConfig
-    from q2_aam.engine.trainer import TrainSettings, Trainer, predict
+    from q2_aam.engine.predict import predict
+    from q2_aam.engine.trainer import TrainSettings, Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load(args.rarefy, args.seed, npz=args.data_npz)

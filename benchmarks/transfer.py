@@ -10,6 +10,10 @@ fitted from that encoder (q2-aam's fit defaults otherwise) on the suite's splits
 predictions are written beside the suite's, so that pooled.py pairs them with q2-aam from
 scratch and the forest split by split.
 
+The pooled pretraining drives the engine: the pretrain action takes one study's distance
+matrix, and pooled studies have no distances across them. Everything scored (fit, predict)
+is the shipped actions', with that encoder as `pretrained`.
+
 Usage:
   .venv/bin/python benchmarks/transfer.py --rows sleep-apnea,pd-mice-donor,pd-mice-days
   .venv/bin/python benchmarks/pooled.py benchmarks/predictions/suite/*.tsv \\
@@ -18,7 +22,6 @@ Usage:
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,18 +60,33 @@ def pooled_studies(keys):
     return sp.vstack(blocks).tocsr(), np.array(ids, dtype=object), sequences, distances
 
 
-def pretrain_encoder(keys, v, epochs, seed=0):
+def pretrain_encoder(keys, epochs, seed=0):
+    """An encoder of fit's architecture pretrained with pretrain's settings on the pooled
+    studies, as the SavedModel that fit takes as ``pretrained``."""
+    import torch
+    from q2_aam.actions.plan import DEFAULTS, FIT_ARCHITECTURE, make_plan, train_settings
+    from q2_aam.engine import savedmodel
     from q2_aam.engine.data import AmpliconData, split_samples
+    from q2_aam.engine.model import AAM, AAMConfig
+    from q2_aam.engine.trainer import train
     counts, ids, sequences, distances = pooled_studies(keys)
+    plan = make_plan('pretrain', {**DEFAULTS, **FIT_ARCHITECTURE, 'epochs': epochs,
+                                  'random_seed': seed, 'device': 'cpu'})
     data = AmpliconData(counts, ids, [f'seq{i}' for i in range(len(sequences))], sequences,
-                        max_asvs=v.max_asvs, distances=distances)
+                        max_asvs=plan['max_asvs'], distances=distances)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    cfg = AAMConfig(task='encoder', n_outputs=0, max_bp=plan['max_bp'],
+                    **{k: plan[k] for k in FIT_ARCHITECTURE})
     t0 = time.perf_counter()
-    result = A.pretrain_encoder(v, data, *split_samples(len(ids), 0.2, seed=seed), seed=seed,
-                                epochs=epochs)
+    result = train(AAM(cfg), data, *split_samples(len(ids), 0.2, seed=seed),
+                   train_settings(plan, quiet=True))
     print(f'pretrained on {len(ids)} samples of {", ".join(keys)} ({len(sequences)} ASVs): '
           f'best epoch {result.best_epoch}/{epochs}, '
           f'{time.perf_counter() - t0:.0f} s', flush=True)
-    return result.state_dict
+    config = savedmodel.make_config(cfg, plan['max_asvs'], plan['max_bp'],
+                                    training=plan.record())
+    return savedmodel.SavedModel(config, result.state_dict)
 
 
 def main(argv=None):
@@ -87,11 +105,12 @@ def main(argv=None):
         folder = A.DATASETS[row][0]
         others = tuple(k for f, k in V4.items() if f != folder)
         if others not in encoders:
-            encoders[others] = pretrain_encoder(others, base, args.pretrain_epochs)
+            encoders[others] = pretrain_encoder(others, args.pretrain_epochs)
         ds = A.load_dataset(row)
         results = []
         for fold, (tr, te) in enumerate(A.make_splits(ds, 5)):
-            pred, _ = A.run_aam(replace(base), ds, tr, te, fold, encoder=encoders[others])
+            pred, _ = A.run_product(base, ds, tr, te, threads=args.threads,
+                                    encoder=encoders[others])
             score = A.score(ds.y[te], pred, ds.classes)
             print(f'  {row} aam-transfer fold {fold}: ' +
                   ' '.join(f'{k}={v:.3f}' for k, v in score.items()), flush=True)

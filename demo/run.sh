@@ -38,7 +38,7 @@ echo "==> 2/5 Fitting a body-site classifier from the pretrained encoder"
 train_step fit qiime aam fit --i-table $OUT/train-table.qza --i-sequences $DATA/rep-seqs.qza \
   --i-pretrained $OUT/encoder.qza --m-metadata-file $DATA/metadata.tsv \
   --m-metadata-column body-site $TRAIN \
-  --o-model $OUT/classifier.qza
+  --o-model $OUT/classifier.qza --o-feature-importance $OUT/classifier-importance.qza
 
 echo "==> 3/5 Predicting the held-out samples"
 qiime aam predict --i-model $OUT/classifier.qza --i-table $OUT/test-table.qza \

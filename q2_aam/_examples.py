@@ -74,12 +74,13 @@ def fit(use):
     body_site = use.get_metadata_column('body_site', 'body-site', metadata)
     tiny = {k: v for k, v in TINY.items()      # the architecture is the encoder's
             if k not in ('embedding_dim', 'attention_heads', 'attention_layers')}
-    classifier, = use.action(
+    classifier, importance = use.action(
         use.UsageAction('aam', 'fit'),
         use.UsageInputs(table=table, sequences=sequences, metadata=body_site,
                         pretrained=encoder, ensemble_size=1, **tiny),
-        use.UsageOutputNames(model='classifier'))
+        use.UsageOutputNames(model='classifier', feature_importance='importance'))
     classifier.assert_output_type('AAMModel[AAMClassifier]')
+    importance.assert_output_type('FeatureData[Importance]')
 
 
 def predict(use):

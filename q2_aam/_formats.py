@@ -3,7 +3,7 @@ import json
 
 from qiime2.plugin import ValidationError, model
 
-from .engine import checkpoint
+from .engine import savedmodel
 
 
 class AAMConfigFormat(model.TextFileFormat):
@@ -72,6 +72,6 @@ class AAMModelDirFmt(model.DirectoryFormat):
 
     def _validate_(self, level):
         try:
-            checkpoint.validate(str(self.path), check_weights_too=(level == 'max'))
-        except checkpoint.ModelFileError as e:
+            savedmodel.validate(str(self.path), check_weights_too=(level == 'max'))
+        except savedmodel.ModelFileError as e:
             raise ValidationError(str(e)) from None

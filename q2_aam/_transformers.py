@@ -2,8 +2,8 @@
 import re
 from pathlib import Path
 
-from .engine import checkpoint
-from .engine.checkpoint import SavedModel
+from .engine import savedmodel
+from .engine.savedmodel import SavedModel
 from ._formats import AAMModelDirFmt
 from ._types import TASK_OF_TYPE
 from .plugin_setup import plugin
@@ -34,12 +34,12 @@ def declared_task(data_dir):
 @plugin.register_transformer
 def _saved_model_to_dirfmt(data: SavedModel) -> AAMModelDirFmt:
     ff = AAMModelDirFmt()
-    checkpoint.save(data, str(ff))
+    savedmodel.save(data, str(ff))
     return ff
 
 
 @plugin.register_transformer
 def _dirfmt_to_saved_model(ff: AAMModelDirFmt) -> SavedModel:
-    saved = checkpoint.load(str(ff))
+    saved = savedmodel.load(str(ff))
     saved.declared_task = declared_task(ff.path)
     return saved

@@ -2,7 +2,7 @@
 from qiime2.plugin import ValidationError
 
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor, TASK_OF_TYPE
-from .engine.checkpoint import SavedModel
+from .engine.savedmodel import SavedModel
 from .plugin_setup import plugin
 
 

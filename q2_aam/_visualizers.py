@@ -9,7 +9,7 @@ import q2templates
 import qiime2
 
 from .engine import metrics, plots
-from .engine.checkpoint import SavedModel
+from .engine.savedmodel import SavedModel
 
 TITLES = {'encoder': 'UniFrac distances of validation sample pairs',
           'regression': 'Predicted against true values of the validation samples',

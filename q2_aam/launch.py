@@ -30,7 +30,7 @@ def _read_inputs(args):
     import biom
     import pandas as pd
     import skbio
-    from .engine import checkpoint
+    from .engine import savedmodel
     seqs = {str(s.metadata['id']): str(s) for s in
             skbio.io.read(args.sequences, format='fasta', constructor=skbio.DNA,
                           lowercase=True)}
@@ -44,7 +44,7 @@ def _read_inputs(args):
         views['alpha_diversity'] = alpha.iloc[:, 0].astype(float)
     for name in ('pretrained', 'continue_from'):
         if getattr(args, name):
-            views[name] = checkpoint.load(getattr(args, name))
+            views[name] = savedmodel.load(getattr(args, name))
     if args.action == 'fit':
         import qiime2
         views['metadata'] = qiime2.Metadata.load(args.metadata_file).get_column(
@@ -90,24 +90,28 @@ def run(argv=None):
     args = p.parse_args(argv)
     if args.action == 'fit' and not (args.metadata_file and args.metadata_column):
         raise SystemExit('fit needs --metadata-file and --metadata-column')
-    from . import _actions
-    from .engine import checkpoint, distributed
+    from .actions import fit, pretrain, processes
+    from .engine import distributed, savedmodel
     ctx = distributed.init_from_environment()
     params = _parameters(args.set)
     params.pop('processes', None)          # this run is the processes
     if ctx.distributed and params.get('checkpoint_dir'):
-        raise SystemExit(_actions.NOT_RESUMABLE)
+        raise SystemExit(processes.NOT_RESUMABLE)
     if not ctx.main:               # one rank speaks and writes; the others only compute
         params['tensorboard_dir'] = ''
-    action = getattr(_actions, args.action)
     quiet = open(os.devnull, 'w') if not ctx.main else None
     with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext(), \
             contextlib.redirect_stderr(quiet) if quiet else contextlib.nullcontext():
-        saved = action(**_read_inputs(args), **params)
+        views = _read_inputs(args)
+        if args.action == 'pretrain':
+            saved = pretrain.pretrain(**views, **params)
+        else:                      # the model alone: importance is the calling action's
+            saved = fit.fit_model({k: views.get(k) for k in fit.VIEWS},
+                                  fit.with_defaults(params))
     if ctx.main:
         saved.config['training']['processes'] = ctx.world
-        checkpoint.save(saved, args.output)
-        if not os.environ.get(_actions.FROM_ACTION):
+        savedmodel.save(saved, args.output)
+        if not os.environ.get(processes.FROM_ACTION):
             print(f'q2-aam: wrote {args.output} (trained on {ctx.world} process'
                   f'{"es" if ctx.world > 1 else ""}); import it with qiime tools import '
                   f"--type 'AAMModel[{TYPE_OF_TASK[saved.task]}]' --input-path {args.output}")

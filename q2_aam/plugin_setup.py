@@ -19,10 +19,12 @@ from q2_sample_classifier import (ClassifierPredictions, Importance, Probabiliti
 from qiime2.plugin import Visualization
 
 from . import __version__, _examples
-from ._actions import (DEFAULTS, FIT_ARCHITECTURE, feature_importance, fit, predict,
-                       predict_probabilities, pretrain)
-from ._pipelines import (FIT_PASSED, classify_samples, classify_samples_ncv, regress_samples,
-                         regress_samples_ncv)
+from .actions.fit import fit
+from .actions.pipelines import (FIT_PASSED, classify_samples, classify_samples_ncv,
+                                regress_samples, regress_samples_ncv)
+from .actions.predict import feature_importance, predict, predict_probabilities
+from .actions.pretrain import pretrain
+from .actions.plan import DEFAULTS, FIT_ARCHITECTURE
 from ._formats import (AAMConfigFormat, AAMModelDirFmt, AAMTableFormat, AAMTreeFormat,
                        AAMWeightsFormat, TensorBoardEventsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
@@ -295,7 +297,7 @@ plugin.methods.register_function(
             'continue_from': AAMModel[AAMRegressor | AAMClassifier]},
     parameters={'metadata': MetadataColumn[T_column], 'groups': MetadataColumn[Categorical],
                 **training, **architecture, **fitting},
-    outputs=[('model', T_model)],
+    outputs=[('model', T_model), ('feature_importance', FeatureData[Importance])],
     input_descriptions={
         **input_descriptions_common,
         'pretrained': 'An encoder from `pretrain` to start from (its architecture is '
@@ -319,7 +321,9 @@ plugin.methods.register_function(
                            'whole groups are held out.',
         **fit_architecture_descriptions,
         **{k: descriptions[k] for k in fitting}},
-    output_descriptions={'model': 'A fitted regressor or classifier. ' + model_description},
+    output_descriptions={'model': 'A fitted regressor or classifier. ' + model_description,
+                         'feature_importance': IMPORTANCE_DESCRIPTION + ' Measured over the '
+                         'samples the model was fitted on.'},
     name='Fit an AAM regressor or classifier to a metadata column',
     description='Trains the model to predict a metadata column from each sample\'s ASV '
                 'sequences and abundances, optionally starting from a pretrained encoder. '

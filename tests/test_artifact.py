@@ -11,8 +11,8 @@ import torch
 from qiime2.plugin import ValidationError
 
 from q2_aam._formats import AAMModelDirFmt
-from q2_aam.engine import checkpoint
-from q2_aam.engine.checkpoint import ModelFileError, SavedModel
+from q2_aam.engine import savedmodel
+from q2_aam.engine.savedmodel import ModelFileError, SavedModel
 
 from plugin_fixtures import classifier, encoder, model_folder, regressor, state_equal
 
@@ -66,7 +66,7 @@ def test_round_trip_keeps_weights_and_config(make, semantic_type, tmp_path):
 
 def test_saved_model_config_contents():
     config = classifier().view(SavedModel).config
-    assert config['format_version'] == checkpoint.FORMAT_VERSION
+    assert config['format_version'] == savedmodel.FORMAT_VERSION
     assert config['task'] == 'classification'
     assert config['labels'] == ['gut', 'left palm', 'right palm', 'tongue']
     assert config['model']['n_outputs'] == 4
@@ -112,7 +112,7 @@ def test_pristine_folder_validates_and_imports(folder):
 def test_folder_without_tensorboard_logs_is_still_a_model(folder):
     shutil.rmtree(folder / 'tensorboard')
     _validate(folder)
-    assert checkpoint.load(folder).tensorboard == {}
+    assert savedmodel.load(folder).tensorboard == {}
 
 
 # -- damaged folders -----------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_missing_file(folder):
     with pytest.raises(ValidationError, match='history.tsv'):
         _validate(folder)
     with pytest.raises(ModelFileError, match=r'lacks history\.tsv'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 def test_missing_weights(folder):
@@ -136,7 +136,7 @@ def test_bad_json(folder):
     with pytest.raises(ValidationError, match='config.json is not valid JSON'):
         _validate(folder)
     with pytest.raises(ModelFileError, match='not valid JSON'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 def test_config_that_is_not_an_object(folder):
@@ -175,7 +175,7 @@ def test_weights_that_do_not_match_the_config(folder):
     with pytest.raises(ValidationError, match='wrongly shaped'):
         qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(folder))
     with pytest.raises(ModelFileError, match='wrongly shaped'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 def test_weights_with_missing_tensors(folder):
@@ -219,7 +219,7 @@ def test_model_file_with_pickled_code_is_refused_without_running_it(folder, tmp_
     with pytest.raises(ValidationError, match='could not be read as plain weights'):
         qiime2.Artifact.import_data('AAMModel[AAMRegressor]', str(folder))
     with pytest.raises(ModelFileError, match='could not be read as plain weights'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
     assert not marker.exists()
 
 
@@ -230,7 +230,7 @@ def test_model_file_with_a_plain_pickle_is_refused(folder, tmp_path):
     with pytest.raises(ValidationError):
         _validate(folder)
     with pytest.raises(ModelFileError):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
     assert not marker.exists()
 
 
@@ -373,7 +373,7 @@ def test_a_missing_or_unused_tree_file_is_refused(folder):
     (folder / 'tree.npz').unlink()
     with pytest.raises(ModelFileError, match=r"stack weighs a tree member, but tree\.npz is "
                                              "missing"):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
     def without_tree(config):
         stack = config['stack']
@@ -382,11 +382,11 @@ def test_a_missing_or_unused_tree_file_is_refused(folder):
         stack.update(members=[stack['members'][i] for i in keep],
                      weights=[stack['weights'][i] / total for i in keep])
     _edit_config(folder, without_tree)
-    checkpoint.load(folder)                        # a stack without a tree needs no file
+    savedmodel.load(folder)                        # a stack without a tree needs no file
     (folder / 'tree.npz').write_bytes(tree)
     with pytest.raises(ModelFileError, match=r"tree\.npz is present, but config\.json's "
                                              "stack has no tree member"):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 @pytest.mark.parametrize('damage, message', [
@@ -397,7 +397,7 @@ def test_a_damaged_tree_file_is_refused(folder, damage, message):
     path = folder / 'tree.npz'
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ModelFileError, match=message):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
     with pytest.raises(ValidationError, match=message):
         _validate(folder)
 
@@ -410,14 +410,14 @@ def test_a_tree_file_with_pickled_objects_or_bad_nodes_is_refused(folder):
     with open(folder / 'tree.npz', 'wb') as fh:
         np.savez(fh, **bad)                       # an object array needs pickle to load
     with pytest.raises(ModelFileError, match=r'tree\.npz cannot be read as arrays'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
     left = parts['left'].copy()
     left[left >= 0] = 0                           # every child points at the first node
     with open(folder / 'tree.npz', 'wb') as fh:
         np.savez(fh, **dict(parts, left=left))
     with pytest.raises(ModelFileError, match=r"tree\.npz does not describe a forest: a "
                                              "node's child is not a later node"):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 @pytest.mark.parametrize('edit, message', [
@@ -429,14 +429,14 @@ def test_a_damaged_stack_is_refused(folder, edit, message):
     _edit_config(folder, lambda c: edit(c['stack']))
     with pytest.raises(ModelFileError, match="config.json: the stack is not usable: .*"
                                              + message):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 def test_another_token_vocabulary_is_refused(folder):
     _edit_config(folder, lambda c: c['vocabulary'].update(A=4, T=1))
     with pytest.raises(ModelFileError, match='the token vocabulary .* is not the one this '
                                              'q2-aam reads'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)
 
 
 @pytest.mark.parametrize('damage', [lambda b: b[:len(b) // 2],
@@ -445,4 +445,4 @@ def test_a_truncated_or_corrupted_weight_file_is_refused(folder, damage):
     path = folder / 'model.pt'
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ModelFileError, match=r'model\.pt could not be read as plain weights'):
-        checkpoint.load(folder)
+        savedmodel.load(folder)

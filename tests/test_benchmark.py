@@ -386,23 +386,6 @@ def toy_amplicons(accuracy, n=24, features=30, seed=0):
                             None, y, classes=['a', 'b', 'c', 'd'])
 
 
-@pytest.mark.parametrize('calibrate', [False, True])
-def test_run_aam_classifies_with_and_without_calibration(accuracy, calibrate):
-    ds = toy_amplicons(accuracy)
-    v = accuracy.AAMVariant('tiny', embedding_dim=16, attention_heads=2, attention_layers=1,
-                            max_asvs=16, batch_size=8, pretrain=False, epochs=2, ensemble=2,
-                            validation=0.0, nuc_weight=0.0, calibrate=calibrate)
-    train, test = np.arange(18), np.arange(18, 24)
-    pred, info = accuracy.run_aam(v, ds, train, test, fold=0)
-    assert pred.shape == (6, 4)
-    np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(info['first_members'][-1], pred)
-    if calibrate:
-        assert info['calibration']['temperature'] > 0 and len(info['calibration']['bias']) == 4
-    else:
-        assert 'calibration' not in info
-
-
 def test_score_binary_and_a_fold_holding_one_class(accuracy):
     from sklearn.metrics import roc_auc_score
     truth = np.array([0, 1, 1, 0])
@@ -478,28 +461,38 @@ def test_suite_datasets_load_with_their_groups(accuracy):
         assert not set(gep.groups[train]) & set(gep.groups[test])
 
 
-def test_run_aam_averages_its_transformers_with_the_linear_half(accuracy):
-    """accuracy.py's aam variant predicts as fit's model does: (1 - w) x the transformer
-    ensemble + w x the linear half, and w = 0 is the transformers alone."""
+def test_a_pretrained_variant_fits_from_the_encoder_the_pretrain_action_makes(accuracy):
+    """Every q2-aam row is the shipped actions: a variant with `pretrain` runs `pretrain`
+    on the fold's training samples and `fit` from that encoder; the transformer-only
+    variant is fit with its other members left out."""
     ds = toy_amplicons(accuracy)
-    v = accuracy.AAMVariant('tiny', embedding_dim=16, attention_heads=2, attention_layers=1,
-                            max_asvs=16, batch_size=8, pretrain=False, epochs=2, ensemble=2,
-                            validation=0.0, nuc_weight=0.0)
+    rng = np.random.default_rng(0)
+    points = rng.random((len(ds.y), 3))
+    distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    ds = accuracy.replace(ds, distances=distances)
+    tiny = dict(embedding_dim=16, attention_heads=2, max_asvs=16, epochs=2, ensemble_size=2)
+    v = accuracy.replace(accuracy.VARIANTS['aam-pretrained'],
+                         params={**accuracy.VARIANTS['aam-pretrained'].params, **tiny},
+                         pretrain=dict(epochs=2, embedding_dim=16, attention_heads=2,
+                                       max_asvs=16))
     train, test = np.arange(18), np.arange(18, 24)
-    alone, _ = accuracy.run_aam(v, ds, train, test, fold=0)
-    half, _ = accuracy.run_linear(None, ds, train, test)
-    blended, info = accuracy.run_aam(accuracy.replace(v, linear_weight=0.75), ds, train, test,
-                                     fold=0)
-    np.testing.assert_allclose(blended, 0.25 * alone + 0.75 * half, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-6)
-    assert accuracy.VARIANTS['aam-linear75'].linear_weight == 0.75
-    assert accuracy.VARIANTS['aam-transformer'].linear_weight == 0.0
+    pretrained, info = accuracy.run_product(v, ds, train, test, threads=1)
+    assert info['weights'] == {'transformer': 1.0}
+    encoder = accuracy.pretrain_product(ds, train, v.pretrain, threads=1)
+    assert encoder.task == 'encoder' and encoder.config['training']['samples'] == 18
+    again, _ = accuracy.run_product(accuracy.replace(v, pretrain=None), ds, train, test,
+                                    threads=1, encoder=encoder)
+    np.testing.assert_allclose(pretrained, again, rtol=1e-6)
+    scratch, _ = accuracy.run_product(accuracy.replace(v, pretrain=None), ds, train, test,
+                                      threads=1)
+    assert not np.allclose(pretrained, scratch)
 
 
 def test_the_aam_row_is_the_shipped_fit_and_predict(accuracy):
     """accuracy.py's aam variant calls the actions users run: its predictions are
     predict_probabilities' of the model fit returns, and it reports what the members do."""
-    from q2_aam import _actions
+    from q2_aam.actions.fit import fit
+    from q2_aam.actions.predict import predict_probabilities
     ds = toy_amplicons(accuracy)
     v = accuracy.replace(accuracy.VARIANTS['aam'], params=dict(
         embedding_dim=16, attention_heads=2, max_asvs=16, epochs=2, ensemble_size=2,
@@ -510,12 +503,11 @@ def test_the_aam_row_is_the_shipped_fit_and_predict(accuracy):
     np.testing.assert_allclose(pred.sum(1), 1.0, rtol=1e-9)
     table, seqs = accuracy._views(ds, train)
     y = np.asarray(ds.classes, dtype=object)[ds.y[train]]
-    model = _actions.fit(table=table, sequences=seqs,
-                         metadata=accuracy._metadata_column(ds, train, y, ds.target),
-                         threads=1, **v.params)
+    model, _ = fit(table=table, sequences=seqs,
+                   metadata=accuracy._metadata_column(ds, train, y, ds.target), threads=1,
+                   **v.params)
     test_table, test_seqs = accuracy._views(ds, test)
-    expected = accuracy._class_matrix(ds, _actions.predict_probabilities(model, test_table,
-                                                                         test_seqs))
+    expected = accuracy._class_matrix(ds, predict_probabilities(model, test_table, test_seqs))
     np.testing.assert_allclose(pred, expected, rtol=1e-9)
     assert set(info['weights']) == {'transformer', 'linear', 'tree'}
     assert set(info['derived']) == {'transformer', 'without-transformer'}

@@ -110,15 +110,22 @@ def test_pretrain_fit_predict_plot(qiime, workspace):
     result = qiime('aam', 'fit', '--i-table', 'train-table.qza', '--i-sequences',
                    'train-seqs.qza', '--m-metadata-file', DATA / 'metadata.tsv',
                    '--m-metadata-column', 'body-site', '--i-pretrained', 'encoder.qza',
-                   *TINY_TRAIN_CLI, '--o-model', 'classifier.qza', cwd=cwd)
+                   *TINY_TRAIN_CLI, '--o-model', 'classifier.qza',
+                   '--o-feature-importance', 'importance.qza', cwd=cwd)
     assert 'Saved AAMModel[AAMClassifier] to: classifier.qza' in result.stdout
+    # fit explains itself as q2-sample-classifier's fit-classifier does: one row per ASV
+    assert 'Saved FeatureData[Importance] to: importance.qza' in result.stdout
+    importance = qiime2.Artifact.load(str(cwd / 'importance.qza')).view(pd.DataFrame)
+    assert list(importance.columns[:2]) == ['importance', 'transformer']
+    assert importance['importance'].is_monotonic_decreasing and len(importance) > 100
 
     result = qiime('aam', 'fit', '--i-table', 'train-table.qza', '--i-sequences',
                    'train-seqs.qza', '--m-metadata-file', DATA / 'metadata.tsv',
                    '--m-metadata-column', 'days-since-experiment-start',
                    '--i-pretrained', 'encoder.qza', '--p-freeze-encoder',
-                   *TINY_TRAIN_CLI, '--o-model', 'regressor.qza', cwd=cwd)
-    assert 'Saved AAMModel[AAMRegressor] to: regressor.qza' in result.stdout
+                   *TINY_TRAIN_CLI, '--output-dir', 'regressor', cwd=cwd)
+    assert 'Saved AAMModel[AAMRegressor] to: regressor/model.qza' in result.stdout
+    assert 'Saved FeatureData[Importance] to: regressor/feature_importance.qza' in result.stdout
 
     result = qiime('aam', 'predict', '--i-model', 'classifier.qza', '--i-table',
                    'test-table.qza', '--i-sequences', 'test-seqs.qza', '--p-device', 'cpu',
@@ -144,7 +151,8 @@ def test_plugin_error_is_printed_and_exits_non_zero(qiime, workspace):
                    '--m-metadata-file', DATA / 'metadata.tsv',
                    '--m-metadata-column', 'days-since-experiment-start',
                    *TINY_CLI, '--p-scheduler-params', '{"min_lr_ratio": 0.1',
-                   '--o-model', 'never.qza', cwd=workspace, check=False)
+                   '--o-model', 'never.qza', '--o-feature-importance', 'never-importance.qza',
+                   cwd=workspace, check=False)
     assert result.returncode != 0
     assert 'Plugin error from aam:' in result.stderr
     assert 'scheduler settings' in result.stderr and 'are not valid JSON' in result.stderr

@@ -11,8 +11,9 @@ import skbio
 import torch
 from qiime2.plugin import ValidationError
 
-from q2_aam import _actions, _inputs
-from q2_aam.engine.checkpoint import SavedModel
+from q2_aam.actions import fit as fit_module, inputs as _inputs, predict as predict_module
+from q2_aam.actions import pretrain as pretrain_module
+from q2_aam.engine.savedmodel import SavedModel
 
 from plugin_fixtures import (TINY, TINY_TRAIN, biom_table, body_site, classifier, days,
                              distances, encoder, regressor, rep_seqs, sequences_series, table,
@@ -62,14 +63,14 @@ def test_sequences_that_are_not_dna(tmp_path):
     with pytest.raises(ValidationError, match="Invalid character 'X'"):
         qiime2.Artifact.import_data('FeatureData[Sequence]', str(fasta))
     # ...so the engine's own check can only be reached below the artifact layer: through
-    # the action functions themselves (as another caller of _actions would use them).
+    # the action functions themselves (as another caller of q2_aam.actions would use them).
     seqs = sequences_series().astype(str)
     bad = list(seqs.index[[3, 10, 11]])
     seqs[bad[0]] = 'ACGTXXACGT'
     seqs[bad[1]] = 'ACGU!'
     seqs[bad[2]] = ''
     with pytest.raises(ValueError) as raised:
-        _actions.pretrain(biom_table(), seqs, distances().view(skbio.DistanceMatrix),
+        pretrain_module.pretrain(biom_table(), seqs, distances().view(skbio.DistanceMatrix),
                           **TINY)
     message = str(raised.value)
     assert '3 of 485 sequences are empty or contain characters that are not DNA' in message
@@ -162,7 +163,7 @@ def test_a_class_with_one_sample_when_stratifying():
     assert _ids_shown(message, ['rare', 'odd'])
     assert '--p-validation-size 0' in message
     # the advice works: without a validation split the single-sample classes are fine
-    model, = fit(table=table(), sequences=rep_seqs(), metadata=column,
+    model, _ = fit(table=table(), sequences=rep_seqs(), metadata=column,
                  **{**TINY, 'validation_size': 0.0})
     assert model.view(SavedModel).config['labels'] == ['a', 'b', 'odd', 'rare']
 
@@ -222,13 +223,13 @@ def test_action_functions_check_the_model_task_too():
     t, s = biom_table(), sequences_series()
     with pytest.raises(ValueError, match='pretrained encoder: it predicts no metadata.*'
                                          'qiime aam fit'):
-        _actions.predict(encoder().view(SavedModel), t, s)
+        predict_module.predict(encoder().view(SavedModel), t, s)
     with pytest.raises(ValueError, match='pretrained encoder: it predicts no metadata'):
-        _actions.predict_probabilities(encoder().view(SavedModel), t, s)
+        predict_module.predict_probabilities(encoder().view(SavedModel), t, s)
     with pytest.raises(ValueError, match='regressor: it has no class probabilities'):
-        _actions.predict_probabilities(regressor().view(SavedModel), t, s)
+        predict_module.predict_probabilities(regressor().view(SavedModel), t, s)
     with pytest.raises(ValueError, match='pretrained model is a classification model'):
-        _actions.fit(t, s, body_site(), pretrained=classifier().view(SavedModel),
+        fit_module.fit(t, s, body_site(), pretrained=classifier().view(SavedModel),
                      **TINY_TRAIN)
 
 
@@ -312,7 +313,7 @@ def test_a_target_too_large_to_scale_is_refused_naming_the_samples():
     values = np.linspace(1.0, 2.0, len(ids))
     values[3], values[8] = 1e300, -1e300
     with pytest.raises(ValueError) as raised:
-        _actions.fit(biom_table(), sequences_series(), _column(values), **TINY_TRAIN)
+        fit_module.fit(biom_table(), sequences_series(), _column(values), **TINY_TRAIN)
     message = str(raised.value)
     assert "Metadata column 'target' cannot be used as a regression target" in message
     assert '2 of 34 values are beyond what training can represent' in message
@@ -325,7 +326,7 @@ def test_a_target_far_from_the_rest_is_named_in_a_warning(capsys):
     values[5] = 1e6
     with pytest.warns(UserWarning, match=r'1 of 34 values of metadata column .target. lie more '
                                          r'than 10 robust standard deviations'):
-        model = _actions.fit(biom_table(), sequences_series(), _column(values),
+        model, _ = fit_module.fit(biom_table(), sequences_series(), _column(values),
                              **{**TINY_TRAIN, 'ensemble_size': 1})
     assert f'{ids[5]} (1e+06)' in capsys.readouterr().out
     assert np.isfinite(model.config['target_std'])
@@ -335,7 +336,7 @@ def test_a_numeric_looking_categorical_column_says_so():
     values = [str(v) for v in range(34)]
     values[4] = 'n/a'
     with pytest.warns(UserWarning) as caught:
-        _actions.fit(biom_table(), sequences_series(), _column(values, categorical=True),
+        fit_module.fit(biom_table(), sequences_series(), _column(values, categorical=True),
                      **{**TINY_TRAIN, 'ensemble_size': 1, 'validation_size': 0.0})
     message = ' '.join(str(w.message) for w in caught)
     assert 'is categorical, so this fit is a classifier with 34 classes' in message
@@ -348,12 +349,12 @@ def test_predict_never_writes_a_non_finite_prediction():
     saved.config['target_std'] = float('inf')       # as a damaged or hand-edited model
     with pytest.raises(ValueError, match=r'gave 34 of 34 samples a prediction that is not a '
                                          r'finite number: .*Nothing was written'):
-        _actions.predict(saved, biom_table(), sequences_series())
+        predict_module.predict(saved, biom_table(), sequences_series())
     saved = classifier().view(SavedModel)
     first = next(k for k in saved.state_dict if k.endswith('target_head.3.bias'))
     saved.state_dict[first] = torch.full_like(saved.state_dict[first], float('nan'))
     with pytest.raises(ValueError, match='not a finite number'):
-        _actions.predict(saved, biom_table(), sequences_series())
+        predict_module.predict(saved, biom_table(), sequences_series())
 
 
 def test_parameters_have_upper_bounds_checked_before_any_work():
@@ -366,5 +367,5 @@ def test_parameters_have_upper_bounds_checked_before_any_work():
 def test_a_model_too_large_to_hold_is_refused_before_reading_data():
     with pytest.raises(ValueError, match=r'ask for 20 model\(s\) of [\d,]+ parameters.*Lower '
                                          'embedding_dim'):
-        _actions.fit(None, None, days(), embedding_dim=1024, attention_heads=4,
+        fit_module.fit(None, None, days(), embedding_dim=1024, attention_heads=4,
                      attention_layers=48, nucleotide_layers=48, ensemble_size=20)

@@ -141,15 +141,15 @@ def test_each_tool_runs_its_own_test_as_galaxy_does(suite, action, tmp_path, tmp
 def test_server_paths_are_refused_under_galaxy(tmp_path):
     """In Galaxy a folder parameter must not name a path on the server outside the job."""
     code = ('import sys\n'
-            'from q2_aam import _actions\n'
-            'assert _actions._safe_folder("tensorboard_dir", "/anywhere") == "/anywhere"\n'
+            'from q2_aam.actions import runs\n'
+            'assert runs.safe_folder("tensorboard_dir", "/anywhere") == "/anywhere"\n'
             'sys.argv = ["/usr/bin/q2galaxy", "run", "aam", "fit", "inputs.json"]\n'
             'for path in ("/etc/q2-aam-logs", "../outside"):\n'
             '    try:\n'
-            '        _actions._safe_folder("tensorboard_dir", path)\n'
+            '        runs.safe_folder("tensorboard_dir", path)\n'
             '    except ValueError as e:\n'
             '        print("refused:", e)\n'
-            'print("kept:", _actions._safe_folder("checkpoint_dir", "logs/run"))\n')
+            'print("kept:", runs.safe_folder("checkpoint_dir", "logs/run"))\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout
     assert out.count('refused: Under Galaxy, tensorboard_dir must be a folder inside the '

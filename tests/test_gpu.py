@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from q2_aam.engine.data import split_samples
-from q2_aam.engine.trainer import (TrainSettings, Trainer, average_predictions, predict,
-                                   resolve_device, train)
+from q2_aam.engine.predict import average_predictions, predict
+from q2_aam.engine.runtime import resolve_device
+from q2_aam.engine.trainer import TrainSettings, Trainer, train
 
 from engine_fixtures import tiny_model, toy_data
 

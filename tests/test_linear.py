@@ -8,8 +8,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, RidgeCV
 
-from q2_aam.engine import checkpoint, linear
-from q2_aam.engine.checkpoint import ModelFileError, SavedModel
+from q2_aam.engine import savedmodel, linear
+from q2_aam.engine.savedmodel import ModelFileError, SavedModel
 
 from engine_fixtures import tiny_config, tiny_model
 
@@ -112,11 +112,11 @@ def _saved_with_linear(tmp_path, task='regression'):
     half = linear.fit_linear(counts, SEQS, y, task, None if task == 'regression' else 2)
     n = 1 if task == 'regression' else 2
     scale = dict(target_mean=1.0, target_std=2.0) if task == 'regression' else {}
-    config = checkpoint.make_config(tiny_config(task, n), 64, 40, labels=None if n == 1
+    config = savedmodel.make_config(tiny_config(task, n), 64, 40, labels=None if n == 1
                                     else ['no', 'yes'], **scale,
-                                    extra={'linear': checkpoint.linear_config(half, 0.75)})
+                                    extra={'linear': savedmodel.linear_config(half, 0.75)})
     saved = SavedModel(config, tiny_model(task, n).state_dict(), linear=half)
-    checkpoint.save(saved, tmp_path)
+    savedmodel.save(saved, tmp_path)
     return saved
 
 
@@ -126,7 +126,7 @@ def test_linear_half_round_trips_exactly(tmp_path, task):
     table = pd.read_csv(tmp_path / 'linear.tsv', sep='\t', index_col=0)
     assert table.index.name == 'sequence' and list(table.index) == SEQS
     assert list(table.columns) == (['coefficient'] if task == 'regression' else ['no', 'yes'])
-    loaded = checkpoint.load(tmp_path)
+    loaded = savedmodel.load(tmp_path)
     assert loaded.linear.sequences == saved.linear.sequences
     np.testing.assert_array_equal(loaded.linear.coef, saved.linear.coef)
     np.testing.assert_array_equal(loaded.linear.intercept, saved.linear.intercept)
@@ -165,7 +165,7 @@ def test_a_damaged_linear_half_is_refused_by_name(tmp_path, damage, message):
     _saved_with_linear(tmp_path)
     damage(tmp_path)
     with pytest.raises(ModelFileError) as e:
-        checkpoint.load(tmp_path)
+        savedmodel.load(tmp_path)
     assert message in str(e.value)
     with pytest.raises(ModelFileError):
-        checkpoint.validate(tmp_path, check_weights_too=False)
+        savedmodel.validate(tmp_path, check_weights_too=False)

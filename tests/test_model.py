@@ -191,12 +191,19 @@ def test_config_checks_and_round_trip():
         AAMConfig.from_dict({'depth': 3})
 
 
-def test_defaults_follow_public_aam():
-    cfg = AAMConfig()
-    assert (cfg.embedding_dim, cfg.attention_heads, cfg.attention_layers,
-            cfg.feedforward_mult, cfg.dropout, cfg.max_bp) == (128, 4, 4, 4, 0.1, 150)
-    layer = AAM(cfg).asv_encoder.transformer.layers[0]
-    assert layer.norm_first and layer.activation_relu_or_gelu == 2   # pre-LN, GELU
+@pytest.mark.parametrize('width, heads, layers', [(16, 2, 1), (24, 3, 2)])
+def test_the_model_is_built_as_its_config_says(width, heads, layers):
+    """Every setting reaches the layers it names (a builder that ignored one would still
+    train, silently at another size)."""
+    cfg = AAMConfig(embedding_dim=width, attention_heads=heads, attention_layers=layers,
+                    nucleotide_layers=layers)
+    model = AAM(cfg)
+    for stack in (model.asv_encoder.transformer, model.sample_encoder.transformer):
+        assert len(stack.layers) == layers
+        attention = stack.layers[0].self_attn
+        assert (attention.embed_dim, attention.num_heads) == (width, heads)
+        assert stack.layers[0].norm_first and stack.layers[0].activation_relu_or_gelu == 2
+        assert stack.layers[0].linear1.out_features == cfg.feedforward_mult * width
 
 
 def test_load_encoder_weights():

@@ -88,7 +88,7 @@ def _subjects(series):
 
 
 def test_refusals_name_the_problem_before_anything_is_fitted(monkeypatch):
-    import q2_aam._actions as actions
+    from q2_aam.actions import runs as actions
     calls = []
     monkeypatch.setattr(actions, 'train', lambda *a, **k: calls.append(1))
     subject = metadata().get_column('subject').to_series()
@@ -143,12 +143,11 @@ def test_the_planted_asvs_rank_first_for_every_member():
     planted ones (a member may lean on one ASV of a pair that always comes together and give
     its twin little, so not all four need lead)."""
     from synthetic import views
-    from q2_aam import _actions
+    from q2_aam.actions.fit import fit
     t, s, c, _ = views('planted')
-    model = _actions.fit(table=t, sequences=s, metadata=c, ensemble_size=2, epochs=40,
-                         batch_size=8, embedding_dim=16, attention_heads=2, kmer_size=4,
-                         threads=1, device='cpu')
-    importance = _actions.feature_importance(model, t, s)
+    model, importance = fit(table=t, sequences=s, metadata=c, ensemble_size=2, epochs=40,
+                            batch_size=8, embedding_dim=16, attention_heads=2, kmer_size=4,
+                            threads=1, device='cpu')
     planted = {'f0', 'f1', 'f2', 'f3'}
     for column in ('importance', 'transformer', 'linear', 'tree'):
         ranked = list(importance[column].sort_values(ascending=False).index)

@@ -8,9 +8,9 @@ from qiime2.plugin.testing import TestPluginBase
 
 from q2_aam._formats import AAMModelDirFmt
 from q2_aam._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
-from q2_aam.engine.checkpoint import SavedModel
+from q2_aam.engine.savedmodel import SavedModel
 
-import plugin_fixtures  # noqa: F401  (one torch thread: the examples train for real)
+import plugin_fixtures  # also sets one torch thread: the examples train for real
 
 ACTIONS = {'pretrain', 'fit', 'predict', 'predict_probabilities', 'plot_validation',
            'feature_importance', 'accuracy_report', 'classify_samples', 'regress_samples',
@@ -70,9 +70,15 @@ class PluginSetupTests(TestPluginBase):
                 self.assertFalse({'AAMModel', 'AAMEncoder', 'AAMRegressor', 'AAMClassifier'}
                                  & set(plugin.type_fragments), name)
 
-    def test_transformers_registered(self):
-        self.assertTrue(callable(self.get_transformer(SavedModel, AAMModelDirFmt)))
-        self.assertTrue(callable(self.get_transformer(AAMModelDirFmt, SavedModel)))
+    def test_a_model_comes_back_whole_through_its_directory_format(self):
+        saved = plugin_fixtures.regressor().view(SavedModel)
+        folder = self.get_transformer(SavedModel, AAMModelDirFmt)(saved)
+        folder.validate(level='max')
+        again = self.get_transformer(AAMModelDirFmt, SavedModel)(folder)
+        self.assertEqual(again.config, saved.config)
+        self.assertTrue(plugin_fixtures.state_equal(again.state_dict, saved.state_dict))
+        self.assertEqual(sorted(again.tensorboard), sorted(saved.tensorboard))
+        self.assertEqual(again.linear.sequences, saved.linear.sequences)
 
     def test_action_signatures(self):
         fit = self.plugin.actions['fit'].signature
@@ -85,7 +91,10 @@ class PluginSetupTests(TestPluginBase):
         self.assertEqual(str(fit.inputs['continue_from'].qiime_type),
                          'AAMModel[AAMRegressor | AAMClassifier]')
         self.assertFalse(fit.parameters['metadata'].has_default())
-        self.assertEqual(list(fit.outputs), ['model'])
+        # as q2-sample-classifier's fit-classifier: the model and its ASV importances
+        self.assertEqual(list(fit.outputs), ['model', 'feature_importance'])
+        self.assertEqual(str(fit.outputs['feature_importance'].qiime_type),
+                         'FeatureData[Importance]')
         pretrain = self.plugin.actions['pretrain'].signature
         # one of the two is needed (the action says which); QIIME 2 has no "one of"
         self.assertTrue(pretrain.inputs['distance_matrix'].has_default())

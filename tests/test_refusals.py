@@ -14,7 +14,7 @@ import qiime2
 import skbio
 
 from q2_aam.engine import runstate
-from q2_aam.engine.checkpoint import SavedModel
+from q2_aam.engine.savedmodel import SavedModel
 
 from plugin_fixtures import (TINY, TINY_TRAIN, SINGLE, biom_table, body_site, days, distances,
                              encoder, metadata, sequences_series, state_equal, table, rep_seqs)
@@ -37,16 +37,17 @@ def _table_with(value, cell=(0, 0)):
 
 @pytest.mark.parametrize('value, shown', [(np.nan, 'nan'), (np.inf, 'inf'), (-3.0, '-3.0')])
 def test_a_count_that_is_not_a_finite_number_is_refused_by_fit_and_predict(value, shown):
-    from q2_aam import _actions
+    from q2_aam.actions.fit import fit
+    from q2_aam.actions.predict import predict
     bad, sample, feature = _table_with(value)
     message = (f'The feature table holds 1 counts that are not finite numbers of at least 0 '
                f'(NaN, infinite or negative), in 1 samples: {sample} / {feature} ({shown})')
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-        _actions.fit(table=bad, sequences=sequences_series(), metadata=days(), **TINY, **SINGLE)
-    model = _actions.fit(table=biom_table(), sequences=sequences_series(), metadata=days(),
-                         **TINY, **SINGLE)
+        fit(table=bad, sequences=sequences_series(), metadata=days(), **TINY, **SINGLE)
+    model, _ = fit(table=biom_table(), sequences=sequences_series(), metadata=days(), **TINY,
+                   **SINGLE)
     with pytest.raises(ValueError, match='Nothing was trained or predicted'):
-        _actions.predict(model, bad, sequences_series())
+        predict(model, bad, sequences_series())
 
 
 def test_a_target_beyond_float32_is_refused_naming_the_sample():

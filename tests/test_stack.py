@@ -170,10 +170,10 @@ TINY_FIT = dict(ensemble_size=2, epochs=15, embedding_dim=16, attention_heads=2,
                                         ('sequence', 'transformer')])
 def test_fit_gives_the_member_that_can_read_the_signal_the_largest_weight(kind, best,
                                                                          grouped, capsys):
-    from q2_aam import _actions
+    from q2_aam.actions.fit import fit
     table, seqs, column, groups = views(kind)
-    model = _actions.fit(table=table, sequences=seqs, metadata=column,
-                         groups=groups if grouped else None, **TINY_FIT)
+    model, _ = fit(table=table, sequences=seqs, metadata=column,
+                   groups=groups if grouped else None, **TINY_FIT)
     stack = model.config['stack']
     weights = dict(zip(stack['members'], stack['weights']))
     assert max(weights, key=weights.get) == best, stack

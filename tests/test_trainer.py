@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from q2_aam.engine import trainer as trainer_module
+from q2_aam.engine import runtime, trainer as trainer_module
 from q2_aam.engine.data import split_samples
-from q2_aam.engine.trainer import (MAX_NONFINITE_STEPS, TrainSettings, Trainer, _fmt,
-                                   average_predictions, encode_all_asvs, predict,
-                                   resolve_device, target_scale, train)
+from q2_aam.engine.predict import average_predictions, encode_all_asvs, predict
+from q2_aam.engine.runlog import fmt as _fmt
+from q2_aam.engine.runtime import resolve_device
+from q2_aam.engine.trainer import MAX_NONFINITE_STEPS, TrainSettings, Trainer, target_scale, train
 
 from engine_fixtures import tiny_model, toy_data
 
@@ -138,9 +139,9 @@ def test_regression_standardises_with_training_statistics():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_classification_with_class_weights_and_names():
+def test_classification_with_class_names():
     data = toy_data(targets='classification')
-    s = settings(class_weights=[1.0, 3.0])
+    s = settings()
     result = train(tiny_model('classification', 2), data, TRAIN, VAL, s,
                    class_names=['healthy', 'sick'])
     assert {'train_accuracy', 'train_f1', 'val_accuracy', 'val_f1'} <= set(result.history)
@@ -564,7 +565,7 @@ def test_encode_all_asvs_leaves_unused_rows_zero():
 
 
 def test_engine_never_imports_qiime2():
-    code = ('import sys; import q2_aam.engine.trainer, q2_aam.engine.checkpoint, '
+    code = ('import sys; import q2_aam.engine.trainer, q2_aam.engine.savedmodel, '
             'q2_aam.engine.plots; '
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("qiime2", "q2cli", "q2_types")))')
@@ -603,26 +604,26 @@ def test_sigterm_removes_the_temporary_event_folder(tmp_path):
     proc = subprocess.Popen([sys.executable, '-c', code], env=env, cwd=str(
         trainer_module.Path(__file__).resolve().parents[1]))
     deadline = time.time() + 120
-    while not list(tmp_path.glob(f'{trainer_module.TEMP_PREFIX}{proc.pid}-*')):
+    while not list(tmp_path.glob(f'{runtime.TEMP_PREFIX}{proc.pid}-*')):
         assert time.time() < deadline and proc.poll() is None, 'no training folder appeared'
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
-    assert not list(tmp_path.glob(f'{trainer_module.TEMP_PREFIX}*'))
+    assert not list(tmp_path.glob(f'{runtime.TEMP_PREFIX}*'))
 
 
 def test_folders_of_dead_runs_are_swept_and_live_ones_kept(tmp_path):
     import os
     finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                               capture_output=True, text=True, check=True)
-    dead = tmp_path / f'{trainer_module.TEMP_PREFIX}{finished.stdout.strip()}-abc'
-    live = tmp_path / f'{trainer_module.TEMP_PREFIX}{os.getppid()}-def'
+    dead = tmp_path / f'{runtime.TEMP_PREFIX}{finished.stdout.strip()}-abc'
+    live = tmp_path / f'{runtime.TEMP_PREFIX}{os.getppid()}-def'
     other = tmp_path / 'someone-elses-folder'
     for folder in (dead, live, other):
         (folder / 'sub').mkdir(parents=True)
         (folder / 'sub' / 'events.out.tfevents.1').write_bytes(b'x')
-    assert trainer_module.sweep_stale_folders(tmp_path) == [dead]
+    assert runtime.sweep_stale_folders(tmp_path) == [dead]
     assert not dead.exists() and live.exists() and other.exists()
 
 

@@ -21,6 +21,11 @@ def log_softmax(raw):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def softmax(raw):
+    """Class probabilities from raw outputs over the last axis (overflow-safe)."""
+    return np.exp(log_softmax(raw))
+
+
 def fit_class_calibration(raw, labels, n_classes=None):
     """Temperature and per-class bias minimising the log loss of out-of-fold outputs.
 

@@ -12,13 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .messages import preview
 from .tokens import PAD, encode_sequences
-
-
-def _ids_preview(ids, n=5):
-    ids = list(ids)
-    shown = ', '.join(repr(str(i)) for i in ids[:n])
-    return shown + (', …' if len(ids) > n else '')
 
 
 @dataclass
@@ -64,7 +59,7 @@ class AmpliconData:
         empty = self.sample_ids[totals <= 0]
         if len(empty):
             raise ValueError(
-                f'{len(empty)} of {n} samples have no reads: {_ids_preview(empty)}. '
+                f'{len(empty)} of {n} samples have no reads: {preview(empty)}. '
                 'Remove them first, e.g. with `qiime feature-table filter-samples '
                 '--p-min-frequency 1`.')
         self.max_asvs = int(max_asvs)
@@ -146,7 +141,7 @@ class AmpliconData:
 
     def make_batch(self, samples, dedupe=True, targets=None, rarefy=None, distances=True):
         """Cut a batch for these sample rows. ``dedupe=False`` encodes every slot
-        separately (the naive path, kept for benchmarks and tests). ``rarefy``:
+        separately (the naive path, kept to check the shared one against). ``rarefy``:
         (depth, numpy Generator) subsamples each sample's reads first (see rarefied).
         ``distances=False`` leaves out the distance block (prediction reads none, and a
         rank of a distributed run uses the global batch's): from a tree it costs a

@@ -43,7 +43,7 @@ def transformer_importance(models, data, batch_size=64, slots=OCCLUDED_SLOTS):
     pass per slot costs about as much as a prediction. Why not gradient x input: on the
     abundance it is the same for every ASV present (the model reads log abundance), and on
     the ASV vectors it ranked ASVs that every sample has beside the planted ones."""
-    from .trainer import encode_all_asvs
+    from .predict import encode_all_asvs
     total = np.zeros(len(data.feature_ids))
     model = models[0]
     model.eval()

@@ -1,10 +1,8 @@
 """The linear half of a fitted model: a penalised linear model on log relative abundance.
 
-Why it exists: across the benchmark suite the transformer ensemble alone was behind the
-default random forest on two regression rows, while the average of its predictions and
-this model's was at or above the forest on every row (benchmarks/results.md, "The linear
-half"). The two err differently: the linear model reads which ASVs are there, the
-transformer reads what they are.
+Why it exists: the transformer ensemble alone can fall behind a random forest where a
+study's signal is which ASVs are there; the linear model reads exactly that, the
+transformer reads what they are, and the two err differently.
 
 Features are keyed by sequence, like the transformer's input, so that a table whose
 feature IDs differ (hashes against sequences) predicts the same. scikit-learn chooses the

@@ -45,10 +45,10 @@ def nuc_loss(logits, tokens, mask):
     return F.cross_entropy(logits[mask].float(), tokens[mask])
 
 
-def target_loss(prediction, targets, task, regression_loss='mse', class_weights=None):
+def target_loss(prediction, targets, task, regression_loss='mse'):
     """Regression: MSE or Huber on standardised targets; classification: cross-entropy."""
     if task == 'classification':
-        return F.cross_entropy(prediction.float(), targets.long(), weight=class_weights)
+        return F.cross_entropy(prediction.float(), targets.long())
     prediction = prediction.float().reshape(targets.shape[0], -1)
     targets = targets.float().reshape(prediction.shape)
     if regression_loss == 'huber':

@@ -2,7 +2,7 @@
 
 Each is fitted once per fold of the training samples (predicting the fold it did not see)
 and once on all of them (the member the model keeps). The transformer ensemble's
-out-of-fold predictions come from its own cross-fitted members (q2_aam/_actions.py), on the
+out-of-fold predictions come from its own cross-fitted members (q2_aam/actions/fit.py), on the
 same folds, so every member is judged on the same samples.
 """
 import numpy as np

@@ -1,5 +1,5 @@
 """Scores of predictions, in plain numpy so that the trainer, the visualizer and the
-benchmarks report the same numbers."""
+accuracy report give the same numbers."""
 import numpy as np
 
 

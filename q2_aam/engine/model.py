@@ -113,8 +113,8 @@ def _transformer(cfg, layers):
         cfg.dropout, activation='gelu', batch_first=True, norm_first=True)
     # No dropout on the attention weights (dropout stays on the residual and feed-forward
     # paths): it kept CPU training on the unfused attention path, where drawing the (N, heads,
-    # L, L) masks took 40 % of an epoch; without it torch's fused attention runs, 2x faster
-    # (benchmarks/results.md). Evaluation is unaffected: dropout is off there anyway.
+    # L, L) masks was a large share of an epoch; without it torch's fused attention runs.
+    # Evaluation is unaffected: dropout is off there anyway.
     layer.self_attn.dropout = 0.0
     return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(cfg.embedding_dim),
                                  enable_nested_tensor=False)

@@ -1,4 +1,4 @@
-"""Figures shared by the trainer (TensorBoard), the visualizer and the benchmarks.
+"""Figures shared by the trainer (TensorBoard) and the visualizers.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, never pyplot, so no
 global state or GUI backend is touched and figures can be made from any thread.
@@ -136,3 +136,16 @@ def save_figure(fig, path_without_suffix):
         fig.savefig(path, format=suffix)
         names.append(path)
     return names
+
+
+def validation_figure(table, kind, class_names=None):
+    """The figure of a validation table: scatter, confusion matrix or UniFrac pairs."""
+    if kind == 'regression':
+        return regression_figure(table['truth'].to_numpy(float),
+                                       table['prediction'].to_numpy(float))
+    if kind == 'classification':
+        names = list(class_names)
+        lookup = {n: i for i, n in enumerate(names)}
+        return confusion_figure(table['truth'].map(lookup).to_numpy(int),
+                                      table['prediction'].map(lookup).to_numpy(int), names)
+    return unifrac_figure(table['truth'].to_numpy(float), table['prediction'].to_numpy(float))

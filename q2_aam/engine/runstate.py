@@ -147,7 +147,6 @@ def resume_point(folder):
 
 def save_finished(folder, result):
     """A finished member's result, as plain tensors, lists and strings."""
-    from .trainer import table_payload
     payload = {
         'state_dict': result.state_dict,
         'history': result.history.to_dict(orient='list'),
@@ -203,13 +202,12 @@ def write_error(path, error):
 
 
 def load_finished(folder):
-    """The result save_finished wrote, or None."""
-    from .trainer import TrainResult, table_from_payload
+    """The fields of the TrainResult save_finished wrote, or None."""
     path = Path(folder) / FINISHED
     if not path.is_file():
         return None
     p = torch.load(path, map_location='cpu', weights_only=True)
-    return TrainResult(
+    return dict(
         state_dict=p['state_dict'], history=pd.DataFrame(p['history']),
         validation=table_from_payload(p),
         best_epoch=p['best_epoch'], epochs_run=p['epochs_run'], target_mean=p['target_mean'],
@@ -217,3 +215,45 @@ def load_finished(folder):
         tensorboard={k: bytes(v.numpy().tobytes()) for k, v in p['tensorboard'].items()},
         train_seconds=p['train_seconds'],
         train_samples_per_second=p['train_samples_per_second'])
+
+
+def table_payload(table):
+    """A validation table as plain lists, for files read back with weights_only=True."""
+    if table is None:
+        return {'validation': None, 'validation_index': None}
+    return {'validation': table.reset_index().to_dict(orient='list'),
+            'validation_index': table.index.name or 'sample-id'}
+
+
+def table_from_payload(payload):
+    """The inverse of table_payload."""
+    if payload['validation'] is None:
+        return None
+    return pd.DataFrame(payload['validation']).set_index(payload['validation_index'])
+
+
+def save_resume(path, model, optimizer, scheduler, state):
+    """The last epoch's full state: enough to go on as if the run had never stopped."""
+    payload = {
+        'model': {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()},
+        'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+        'torch_rng': torch.get_rng_state(),
+        'epoch': state['epoch'], 'best_loss': state['best_loss'],
+        'best_epoch': state['best_epoch'], 'waited': state['waited'],
+        'best_state': state['best_state'], 'history': state['history'],
+        **table_payload(state['validation']),
+    }
+    atomic_save(payload, path)
+
+
+def load_resume(path, model, optimizer, scheduler):
+    """Restore what save_resume wrote into the run's objects; returns the loop's state."""
+    payload = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict(payload['model'])
+    optimizer.load_state_dict(payload['optimizer'])
+    scheduler.load_state_dict(payload['scheduler'])
+    torch.set_rng_state(payload['torch_rng'])
+    return {'epoch': payload['epoch'], 'best_loss': payload['best_loss'],
+            'best_epoch': payload['best_epoch'], 'waited': payload['waited'],
+            'history': payload['history'], 'best_state': payload['best_state'],
+            'validation': table_from_payload(payload)}

@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import apply_class_calibration, fit_class_calibration, log_softmax
+from .calibration import apply_class_calibration, fit_class_calibration, softmax
 
 MEMBERS = ('transformer', 'linear', 'tree')
 GRID_STEP = 0.02
 # equal weights count as this many samples when the chosen weights are pulled toward them.
-# 0: not pulled. Judged leave-one-study-out on kept out-of-fold predictions
-# (benchmarks/restack.py): five of the six studies, each judged without itself, favoured no
-# pull over 25 or 100 samples' worth, and so do all six together.
+# 0: not pulled: judged leave-one-study-out, a pull toward equal weights did not pay.
 SHRINK_SAMPLES = 0
 # a member's probabilities are floored here before their log is taken: a forest's vote
 # share can be exactly 0 (a tenth of one tree's vote in a forest of 1,000)
@@ -55,10 +53,6 @@ class Stack:
 def _log_probabilities(p):
     p = np.maximum(np.asarray(p, np.float64), PROBABILITY_FLOOR)
     return np.log(p / p.sum(axis=1, keepdims=True))
-
-
-def _softmax(raw):
-    return np.exp(log_softmax(raw))
 
 
 def simplex_grid(m, step=GRID_STEP):
@@ -93,7 +87,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
     """``out_of_fold``: member name -> (n,) values or (n, C) probabilities, one honest
     prediction per training sample. Returns the Stack. ``shrink_samples`` and
     ``calibrate`` (a classifier's members and blend) are fit's fixed choices; other values
-    are for benchmarks/restack.py, which compares rules on kept predictions."""
+    compare rules on kept out-of-fold predictions."""
     names = [m for m in MEMBERS if m in out_of_fold]
     truth = np.asarray(truth)
     calibration = None
@@ -104,7 +98,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
         n_classes = preds[names[0]].shape[1]
         calibration = {m: fit_class_calibration(_log_probabilities(preds[m]), truth, n_classes)
                        for m in names}
-        preds = {m: _softmax(apply_class_calibration(_log_probabilities(preds[m]),
+        preds = {m: softmax(apply_class_calibration(_log_probabilities(preds[m]),
                                                      calibration[m])) for m in names}
     stacked = np.stack([preds[m] for m in names])                    # (M, n[, C])
     grid = simplex_grid(len(names))                                  # (G, M)
@@ -118,7 +112,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
     if task == 'classification' and calibrate:
         blend_calibration = fit_class_calibration(_log_probabilities(blend), truth,
                                                   blend.shape[1])
-        blend = _softmax(apply_class_calibration(_log_probabilities(blend), blend_calibration))
+        blend = softmax(apply_class_calibration(_log_probabilities(blend), blend_calibration))
     record = {'samples': int(len(truth)), 'folds': folds, 'grouped': bool(grouped),
               'shrinkage': float(shrink), 'chosen_weights': [float(w) for w in best],
               'scores': {**{m: scores(task, preds[m], truth) for m in names},
@@ -146,7 +140,7 @@ def apply_stack(stack, outputs):
     """``outputs``: member name -> (n,) values or (n, C) probabilities of new samples.
     Returns the blend: values, or probabilities."""
     if stack.task == 'classification':
-        parts = [_softmax(apply_class_calibration(_log_probabilities(outputs[m]),
+        parts = [softmax(apply_class_calibration(_log_probabilities(outputs[m]),
                                                   stack.calibration[m]))
                  if stack.calibration else np.asarray(outputs[m], np.float64)
                  for m in stack.members]
@@ -154,7 +148,7 @@ def apply_stack(stack, outputs):
         parts = [np.asarray(outputs[m], np.float64) for m in stack.members]
     blend = sum(w * p for w, p in zip(stack.weights, parts))
     if stack.task == 'classification' and stack.blend_calibration:
-        blend = _softmax(apply_class_calibration(_log_probabilities(blend),
+        blend = softmax(apply_class_calibration(_log_probabilities(blend),
                                                  stack.blend_calibration))
     return blend
 

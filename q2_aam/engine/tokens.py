@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 import torch
 
+from .messages import preview
+
 PAD, A, C, G, T, START, MASK, N = range(8)
 VOCAB_SIZE = 8
 VOCAB = {'PAD': PAD, 'A': A, 'C': C, 'G': G, 'T': T,
@@ -36,7 +38,7 @@ def encode_sequences(sequences, ids=None, max_bp=150):
     bad = [(i, s) for i, s in zip(ids, raw)
            if len(s) == 0 or (_LOOKUP[np.frombuffer(s, np.uint8)] < 0).any()]
     if bad:
-        shown = ', '.join(repr(i) for i, _ in bad[:5])
+        shown = preview([i for i, _ in bad])
         raise ValueError(
             f'{len(bad)} of {len(raw)} sequences are empty or contain characters that '
             f'are not DNA (A, C, G, T or IUPAC codes), for example {shown}. '

@@ -18,9 +18,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, losses, metrics, optim
-from .runstate import atomic_save, write_error
+from . import distributed, losses, metrics, optim, runlog
+from .plots import validation_figure
+from .runstate import LAST, atomic_save, load_resume, save_resume, write_error
+from .runtime import TEMP_PREFIX, autocast_settings, checkpoint_by_default, read_files, \
+    resolve_device, sweep_stale_folders, terminate_as_interrupt
 from .data import batch_indices
+from .predict import encode_all_asvs
 from .tokens import mask_nucleotides
 
 MAX_NONFINITE_STEPS = 5
@@ -46,7 +50,6 @@ class TrainSettings:
     regression_loss: str = 'mse'          # 'mse' | 'huber'
     target_scale: Optional[tuple] = None  # (mean, sd) to standardise a regression target
                                           # with; None: the training rows' own
-    class_weights: Optional[list] = None
     freeze_encoder: bool = False
     random_seed: int = 0
     device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
@@ -77,68 +80,16 @@ class TrainResult:
     train_samples_per_second: float
 
 
-CHECKPOINT_FROM = 128   # embedding_dim x attention_layers from which CPU training checkpoints
-
-
-def checkpoint_by_default(cfg, device):
-    """Recompute the ASV encoder's layers in the backward pass (less memory, more time)?
-
-    On the CPU for models from 128 x 1 (the public AAM's 128 x 4 needs it to stay under
-    2 GB). Not for the small default (32 x 1): there it cost 40 % more CPU time and saved
-    no measurable memory (benchmarks/results.md). Not on a GPU, where memory is ample.
-    """
-    return device.type == 'cpu' and cfg.embedding_dim * cfg.asv_layers >= CHECKPOINT_FROM
-
-
 def target_scale(values):
     """(mean, sd) of regression targets; sd 1 for a constant target."""
     y = np.asarray(values, np.float64)
     return float(y.mean()), float(y.std()) or 1.0
 
 
-def seed_everything(seed):
-    """Seed torch and numpy so that two CPU runs give bit-identical weights."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def resolve_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU on this "
-                         "machine (torch.cuda.is_available() is False). Use device 'cpu', "
-                         "or 'auto' to take a GPU only when there is one.")
-    if name not in ('cpu', 'cuda'):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {name!r}.")
-    return torch.device(name)
-
-
 def _target_kind(model):
     if model.cfg.task == 'classification':
         return 'classification'
     return 'regression' if model.cfg.n_outputs > 0 else None
-
-
-def _fmt(value):
-    return f'{value:.6f}' if abs(value) < 1e-4 else f'{value:.4f}'
-
-
-class _Running:
-    """Running means of named values, for the progress bar and the epoch record, weighted
-    by the samples of each batch: a 2-sample last batch weighs 2 samples, not a batch."""
-
-    def __init__(self):
-        self.sums, self.counts = {}, {}
-
-    def add(self, name, value, weight=1):
-        if value is None:
-            return
-        self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
-        self.counts[name] = self.counts.get(name, 0) + weight
-
-    def means(self):
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
 class Trainer:
@@ -179,9 +130,6 @@ class Trainer:
             self.mean, self.std = (float(x) for x in settings.target_scale)
         elif self.kind == 'regression':
             self.mean, self.std = target_scale(data.targets[self.train_rows])
-        self.class_weights = (None if settings.class_weights is None else
-                              torch.tensor(settings.class_weights, dtype=torch.float32,
-                                           device=self.device))
         checkpointing = settings.activation_checkpointing
         model.asv_encoder.checkpoint_layers = (
             checkpoint_by_default(model.cfg, self.device) if checkpointing is None
@@ -200,8 +148,7 @@ class Trainer:
         self.scheduler = optim.make_scheduler(
             settings.scheduler, self.optimizer, settings.epochs * self.steps_per_epoch,
             warmup_fraction=settings.warmup_fraction, params=settings.scheduler_params)
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=self.device.type == 'cuda')
+        self.autocast = autocast_settings(self.device)
 
     # -- one batch -------------------------------------------------------------------
     def _standardise(self, targets):
@@ -241,7 +188,7 @@ class Trainer:
         if self.kind is not None:
             terms['target_loss'] = losses.target_loss(
                 out['prediction'], self._standardise(batch.targets), self.kind,
-                self.s.regression_loss, self.class_weights)
+                self.s.regression_loss)
         return terms, out
 
     def _targets_out(self, out):
@@ -276,7 +223,7 @@ class Trainer:
             self.model.sample_encoder.eval()
         frozen = self._frozen_vectors()
         generator = torch.Generator().manual_seed(self.s.random_seed * 100003 + epoch)
-        running, norms = _Running(), []
+        running, norms = runlog.Running(), []
         truth, predicted = [], []
         rarefy = ((self.s.rarefy_depth, np.random.default_rng([self.s.random_seed, epoch, 1]))
                   if self.s.rarefy_depth else None)
@@ -324,7 +271,9 @@ class Trainer:
                     distributed.global_mean(v.item(), len(local), len(rows)))
                     for k, v in terms.items()}
                 loss = losses.total_loss(terms, self.weights)
-            self._log_step(terms, loss, float(norm))
+            self.global_step += 1
+            runlog.log_step(self.writers['train'], self.global_step, terms, loss, float(norm),
+                            self.optimizer.param_groups[0]['lr'], self.s.max_grad_norm)
             self.optimizer.step()
             if not self.scheduler.per_epoch:
                 self.scheduler.step()
@@ -335,7 +284,8 @@ class Trainer:
             if self.kind is not None:
                 truth.append(self.data.targets[batch.samples])
                 predicted.append(self._targets_out(out))
-            bar.set_postfix_str(self._postfix(running.means()), refresh=False)
+            bar.set_postfix_str(runlog.postfix(running.means(), self.optimizer.param_groups[0]['lr']),
+                                refresh=False)
             bar.update(len(rows))
         record = {f'train_{k}': v for k, v in running.means().items()}
         if truth:
@@ -368,7 +318,7 @@ class Trainer:
         self.model.eval()
         frozen = self._frozen_vectors()
         generator = torch.Generator().manual_seed(self.s.random_seed + 7)
-        running, truth, predicted, embeddings = _Running(), [], [], []
+        running, truth, predicted, embeddings = runlog.Running(), [], [], []
         for rows in batch_indices(self.val_rows, self.s.batch_size):
             batch = self.data.make_batch(rows).to(self.device)
             terms, out = self._step_losses(batch, generator, frozen, clean=True)
@@ -401,13 +351,6 @@ class Trainer:
             table[f'prob:{name}'] = predicted[:, c]
         return table
 
-    def _postfix(self, means):
-        names = [('total_loss', 'Total'), ('unifrac_loss', 'UniFrac'), ('nuc_loss', 'Nuc'),
-                 ('target_loss', 'Target')]
-        parts = [f'{label}={_fmt(means[key])}' for key, label in names if key in means]
-        parts.append(f"LR={self.optimizer.param_groups[0]['lr']:.2e}")
-        return ' '.join(parts)
-
     # -- the run -----------------------------------------------------------------------
     def run(self, class_names=None, resume_from=None):
         """Train; without a tensorboard_dir the event files are written to a temporary
@@ -416,7 +359,7 @@ class Trainer:
         if self.s.tensorboard_dir:
             return self._run(self.s.tensorboard_dir, class_names, resume_from)
         sweep_stale_folders()
-        with _terminate_as_interrupt(), tempfile.TemporaryDirectory(
+        with terminate_as_interrupt(), tempfile.TemporaryDirectory(
                 prefix=f'{TEMP_PREFIX}{os.getpid()}-') as tb_dir:
             return self._run(tb_dir, class_names, resume_from)
 
@@ -440,7 +383,7 @@ class Trainer:
         if validation is None:
             validation = pd.DataFrame(columns=['truth', 'prediction'],
                                       index=pd.Index([], name='sample-id'))
-        tensorboard = _read_tree(tb_dir)
+        tensorboard = read_files(tb_dir)
         return TrainResult(
             state_dict=state['best_state'], history=pd.DataFrame(state['history']),
             validation=validation, best_epoch=state['best_epoch'], epochs_run=state['epoch'],
@@ -454,7 +397,7 @@ class Trainer:
         state = {'epoch': 0, 'best_loss': math.inf, 'best_epoch': 0, 'waited': 0,
                  'history': [], 'best_state': None, 'validation': None}
         if resume_from is not None:
-            state = self._load_resume(resume_from)
+            state = load_resume(resume_from, self.model, self.optimizer, self.scheduler)
             self.global_step = state['epoch'] * self.steps_per_epoch
         else:               # dropout draws from torch's global RNG: same seed, same run
             torch.manual_seed(s.random_seed)
@@ -492,11 +435,12 @@ class Trainer:
                 state['waited'] += 1
             state['history'].append(record)
             state['epoch'] = epoch
-            self._log(epoch, record, figure)
+            runlog.log_epoch(self.writers, epoch, record, self.model, s.histogram_frequency, figure)
             if not s.quiet:
-                tqdm.write(_summary_line(record, s.epochs, improved), file=sys.stderr)
+                tqdm.write(runlog.summary_line(record, s.epochs, improved), file=sys.stderr)
             if s.checkpoint_dir:
-                self._save_resume(state)
+                save_resume(Path(s.checkpoint_dir) / LAST, self.model, self.optimizer, self.scheduler,
+                            state)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, record)
             if len(self.val_rows) and state['waited'] >= s.patience:
@@ -506,221 +450,6 @@ class Trainer:
                                file=sys.stderr)
                 break
         return state, started, seen
-
-    def _log_step(self, terms, loss, norm):
-        """Per-step scalars (tags step/…, x axis: optimizer steps): the loss terms, the
-        learning rate, the gradient norm before clipping and whether it was clipped."""
-        self.global_step += 1
-        writer, step = self.writers['train'], self.global_step
-        writer.add_scalar('step/total_loss', loss.item(), step)
-        for name, value in terms.items():
-            if value is not None:
-                writer.add_scalar(f'step/{name}', value.item(), step)
-        writer.add_scalar('step/learning_rate', self.optimizer.param_groups[0]['lr'], step)
-        writer.add_scalar('step/grad_norm', norm, step)
-        limit = self.s.max_grad_norm
-        writer.add_scalar('step/clipped', float(bool(limit) and norm > limit), step)
-
-    def _log(self, epoch, record, figure=None):
-        writer = self.writers['train']
-        for key, value in record.items():
-            if key == 'epoch' or value is None or not np.isfinite(value):
-                continue
-            if key.startswith(('train_', 'val_')):
-                split, name = key.split('_', 1)
-                self.writers[split].add_scalar(name, value, epoch)
-            else:
-                writer.add_scalar(key, value, epoch)
-        freq = self.s.histogram_frequency
-        if freq and epoch % freq == 0:
-            for name, p in self.model.named_parameters():
-                if p.grad is not None and bool(p.grad.abs().sum() > 0):
-                    writer.add_histogram(f'weights/{name}', p.detach().float().cpu(), epoch)
-                    writer.add_histogram(f'gradients/{name}', p.grad.float().cpu(), epoch)
-        if figure is not None:
-            self.writers['val'].add_figure('figure', figure, epoch)
-        for w in self.writers.values():
-            w.flush()
-
-    # -- resume ----------------------------------------------------------------------
-    def _save_resume(self, state):
-        payload = {
-            'model': _cpu_state(self.model), 'optimizer': self.optimizer.state_dict(),
-            'scheduler': self.scheduler.state_dict(), 'torch_rng': torch.get_rng_state(),
-            'epoch': state['epoch'], 'best_loss': state['best_loss'],
-            'best_epoch': state['best_epoch'], 'waited': state['waited'],
-            'best_state': state['best_state'], 'history': state['history'],
-            **table_payload(state['validation']),
-        }
-        atomic_save(payload, Path(self.s.checkpoint_dir) / 'last_checkpoint.pt')
-
-    def _load_resume(self, path):
-        payload = torch.load(path, map_location='cpu', weights_only=True)
-        self.model.load_state_dict(payload['model'])
-        self.optimizer.load_state_dict(payload['optimizer'])
-        self.scheduler.load_state_dict(payload['scheduler'])
-        torch.set_rng_state(payload['torch_rng'])
-        validation = table_from_payload(payload)
-        return {'epoch': payload['epoch'], 'best_loss': payload['best_loss'],
-                'best_epoch': payload['best_epoch'], 'waited': payload['waited'],
-                'history': payload['history'], 'best_state': payload['best_state'],
-                'validation': validation}
-
-
-TEMP_PREFIX = 'q2-aam-tensorboard-'   # + the owning process's ID + '-' + random
-
-
-def sweep_stale_folders(root=None):
-    """Remove temporary event folders whose process is gone (killed with SIGKILL, which no
-    handler sees), so that they do not accumulate in $TMPDIR. Returns the removed paths."""
-    import shutil
-    removed = []
-    for path in Path(root or tempfile.gettempdir()).glob(f'{TEMP_PREFIX}*'):
-        pid = path.name[len(TEMP_PREFIX):].split('-', 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:      # another user's process: alive
-        return True
-    return True
-
-
-class _terminate_as_interrupt:
-    """While training, SIGTERM (a job scheduler's stop, `kill`) unwinds like Ctrl-C, so
-    that temporary folders are removed; the previous handler is restored afterwards.
-    Only in the main thread, and only where nobody else handles SIGTERM."""
-
-    def __enter__(self):
-        import signal
-        import threading
-        self.previous = None
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            def interrupt(signum, frame):
-                raise KeyboardInterrupt('SIGTERM')
-            self.previous = signal.signal(signal.SIGTERM, interrupt)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            import signal
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
-
-
-def table_payload(table):
-    """A validation table as plain lists, for files read back with weights_only=True."""
-    if table is None:
-        return {'validation': None, 'validation_index': None}
-    return {'validation': table.reset_index().to_dict(orient='list'),
-            'validation_index': table.index.name or 'sample-id'}
-
-
-def table_from_payload(payload):
-    """The inverse of table_payload."""
-    if payload['validation'] is None:
-        return None
-    return pd.DataFrame(payload['validation']).set_index(payload['validation_index'])
-
-
-def train(model, data, train_rows, val_rows, settings, class_names=None, resume_from=None,
-          on_epoch_end=None):
-    """Train ``model`` in place and return the best state and the run's record."""
-    trainer = Trainer(model, data, train_rows, val_rows, settings, on_epoch_end=on_epoch_end)
-    return trainer.run(class_names=class_names, resume_from=resume_from)
-
-
-@torch.no_grad()
-def encode_all_asvs(model, data, device, rows=None, chunk=512):
-    """Encode every distinct ASV the given samples use, once: returns (F, D) on ``device``.
-
-    Rows of features no sample uses stay zero; they are never gathered.
-    """
-    was_training = model.training
-    model.eval()
-    features = data.used_features(range(len(data)) if rows is None else rows)
-    out = torch.zeros(len(data.feature_ids), model.cfg.embedding_dim, device=device)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
-    for start in range(0, len(features), chunk):
-        cols = torch.from_numpy(features[start:start + chunk])
-        tokens = data.tokens[cols]
-        tokens = tokens[:, :int((tokens != 0).sum(1).max())].to(device)
-        with torch.autocast(**autocast):
-            vectors, _ = model.asv_encoder(tokens)
-        out[cols.to(device)] = vectors.float()
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def predict(model, data, rows=None, batch_size=64, device='cpu', dedupe_table=True):
-    """Sample embeddings and target outputs for ``rows`` (default: all samples).
-
-    With ``dedupe_table`` every distinct ASV of the table is encoded once, then each
-    batch only runs the sample encoder. Returns {'embedding': (n, D), 'prediction':
-    (n, n_outputs) raw head outputs, when the model has a head}.
-    """
-    device = resolve_device(device) if isinstance(device, str) else device
-    model.to(device).eval()
-    rows = np.arange(len(data)) if rows is None else np.asarray(rows, np.int64)
-    vectors = encode_all_asvs(model, data, device, rows) if dedupe_table else None
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
-    embeddings, predictions = [], []
-    for chunk in batch_indices(rows, batch_size):
-        batch = data.make_batch(chunk, distances=False).to(device)
-        with torch.autocast(**autocast):
-            out = model(batch.tokens, batch.asv_index, batch.abundance,
-                        asv_vectors=None if vectors is None else vectors[batch.features])
-        embeddings.append(out['embedding'].float().cpu())
-        if 'prediction' in out:
-            predictions.append(out['prediction'].float().cpu())
-    result = {'embedding': torch.cat(embeddings).numpy()}
-    if predictions:
-        result['prediction'] = torch.cat(predictions).numpy()
-    return result
-
-
-def class_probabilities(raw):
-    """Softmax over the last axis of raw classifier outputs (numpy, overflow-safe)."""
-    shifted = np.exp(raw - raw.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def average_predictions(outputs, kind):
-    """Several models' raw head outputs (each (n, n_outputs)) -> one array of that shape.
-
-    A regressor's standardised values are averaged. A classifier's class probabilities
-    are averaged, then returned as their log, so that softmax of the result gives the
-    averaged probabilities and argmax the class they favour.
-    """
-    stacked = np.stack([np.asarray(o, np.float64) for o in outputs])   # (M, n, C)
-    if kind != 'classification':
-        return stacked.mean(0)
-    return np.log(class_probabilities(stacked).mean(0))
-
-
-def validation_figure(table, kind, class_names=None):
-    """The figure of a validation table: scatter, confusion matrix or UniFrac pairs."""
-    from . import plots
-    if kind == 'regression':
-        return plots.regression_figure(table['truth'].to_numpy(float),
-                                       table['prediction'].to_numpy(float))
-    if kind == 'classification':
-        names = list(class_names)
-        lookup = {n: i for i, n in enumerate(names)}
-        return plots.confusion_figure(table['truth'].map(lookup).to_numpy(int),
-                                      table['prediction'].map(lookup).to_numpy(int), names)
-    return plots.unifrac_figure(table['truth'].to_numpy(float), table['prediction'].to_numpy(float))
-
 
 # the validation figure's UniFrac pairs come from at most this many samples (500,000 pairs):
 # enough to see the fit, and bounded however many samples a large pretraining validates
@@ -743,25 +472,12 @@ def _pair_table(data, rows, embeddings):
         index=pd.Index([f'{a} | {b}' for a, b in zip(ids[i], ids[j])], name='sample-id'))
 
 
-def _summary_line(record, epochs, improved):
-    parts = [f"epoch {record['epoch']}/{epochs}"]
-    for key in ('train_total_loss', 'val_total_loss', 'val_r2', 'val_mae', 'val_accuracy'):
-        if key in record and record[key] is not None and np.isfinite(record[key]):
-            parts.append(f'{key}={_fmt(record[key])}')
-    parts.append(f"lr={record['learning_rate']:.2e}")
-    return '  '.join(parts) + ('  *best*' if improved else '')
+def train(model, data, train_rows, val_rows, settings, class_names=None, resume_from=None,
+          on_epoch_end=None):
+    """Train ``model`` in place and return the best state and the run's record."""
+    trainer = Trainer(model, data, train_rows, val_rows, settings, on_epoch_end=on_epoch_end)
+    return trainer.run(class_names=class_names, resume_from=resume_from)
 
 
 def _cpu_state(model):
     return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
-
-
-def _read_tree(directory):
-    root = Path(directory)
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob('*')) if p.is_file()}
-
-
-__all__ = ['TrainSettings', 'TrainResult', 'Trainer', 'train', 'predict', 'encode_all_asvs',
-           'average_predictions', 'class_probabilities', 'target_scale', 'seed_everything', 'resolve_device',
-           'validation_figure']

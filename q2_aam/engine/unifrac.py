@@ -10,6 +10,8 @@ import hashlib
 import numpy as np
 import scipy.sparse as sp
 
+from .messages import preview
+
 METHODS = ('unweighted', 'weighted_normalized')
 
 
@@ -36,7 +38,7 @@ class TreeDistances:
         used = np.asarray(self.counts.sum(axis=0)).ravel() > 0
         missing = [f for f, u in zip(self.feature_ids, used) if u and f not in tips]
         if missing:
-            shown = ', '.join(repr(m) for m in missing[:5]) + (', …' if len(missing) > 5 else '')
+            shown = preview(missing)
             raise ValueError(f'{len(missing)} of {int(used.sum())} features in the table are not '
                              f'tips of the phylogeny: {shown}. Give the rooted tree built from '
                              'these representative sequences (e.g. `qiime phylogeny '

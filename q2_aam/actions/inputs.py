@@ -10,15 +10,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .engine.data import AmpliconData
+from ..engine.data import AmpliconData
+from ..engine.messages import preview
 
 MIN_SAMPLES = 5       # fewer than this cannot be split into training and validation
-
-
-def preview(ids, n=5):
-    ids = [str(i) for i in ids]
-    shown = ', '.join(repr(i) for i in ids[:n])
-    return shown + (', …' if len(ids) > n else '')
 
 
 def note(message):

@@ -2,7 +2,7 @@
 workflow, run with q2-aam's fit, with subjects kept on one side of every split.
 
 Each pipeline is QIIME 2 glue around the plugin's own actions (fit, predict,
-predict-probabilities, feature-importance, accuracy-report) and q2-sample-classifier's
+predict-probabilities, accuracy-report) and q2-sample-classifier's
 default random forest, fitted on the same training samples, so the report compares the two
 on the very same split.
 """
@@ -10,8 +10,9 @@ import biom
 import numpy as np
 import pandas as pd
 
-from . import _inputs
-from .engine import folds as folds_module
+from . import inputs
+from .plan import D
+from ..engine import folds as folds_module
 
 # the fit settings a pipeline passes on (every other fit setting: run fit yourself)
 FIT_PASSED = ('ensemble_size', 'epochs', 'blend', 'transformer_weight', 'linear_weight',
@@ -29,14 +30,14 @@ def _samples(table, metadata, groups, missing_samples, classification):
     if missing and missing_samples == 'error':
         raise ValueError(
             f'{len(missing)} of {len(ids)} samples of the table have no value in metadata '
-            f'column {metadata.name!r}: {_inputs.preview(missing)}. Nothing was fitted. Pass '
+            f'column {metadata.name!r}: {inputs.preview(missing)}. Nothing was fitted. Pass '
             '--p-missing-samples ignore to leave them out, or filter the table first.')
     if missing:
-        _inputs.note(f'left out {len(missing)} of {len(ids)} samples that have no value in '
-                     f'metadata column {metadata.name!r}: {_inputs.preview(missing)}.')
+        inputs.note(f'left out {len(missing)} of {len(ids)} samples that have no value in '
+                     f'metadata column {metadata.name!r}: {inputs.preview(missing)}.')
     values = values.dropna()
     kept = list(values.index)
-    group_of = None if groups is None else _inputs.group_values(groups, kept)
+    group_of = None if groups is None else inputs.group_values(groups, kept)
     if classification:
         values = values.astype(str)
     return kept, values, group_of
@@ -75,12 +76,12 @@ def _split(ids, values, group_of, test_size, random_state, stratify, classificat
         if absent:
             raise ValueError(
                 f'The split leaves {len(absent)} classes out of the training samples: '
-                f'{_inputs.preview(absent)} (their every sample, or every group, fell on the '
+                f'{inputs.preview(absent)} (their every sample, or every group, fell on the '
                 'test side). Nothing was fitted. Choose another random_state or test_size, or '
                 'leave out classes with too few groups.')
     ids = np.asarray(ids, dtype=object)
     if group_of is not None:
-        _inputs.note(f'split by groups: {len(set(group_of[train]))} groups ({len(train)} '
+        inputs.note(f'split by groups: {len(set(group_of[train]))} groups ({len(train)} '
                      f'samples) to train on, {len(set(group_of[test]))} groups ({len(test)} '
                      'samples) to test on; no group is on both sides.')
     return list(ids[train]), list(ids[test])
@@ -119,16 +120,15 @@ def _pipeline(ctx, classification, table, sequences, metadata, groups, pretraine
                                  classification)
     train_table, test_table = _subtable(ctx, view, train_ids), _subtable(ctx, view, test_ids)
     fit = ctx.get_action('aam', 'fit')
-    model, = fit(table=train_table, sequences=sequences, metadata=metadata, groups=groups,
-                 pretrained=pretrained, random_seed=random_state, **fit_params)
+    model, importance = fit(table=train_table, sequences=sequences, metadata=metadata,
+                            groups=groups, pretrained=pretrained, random_seed=random_state,
+                            **fit_params)
     predictions, = ctx.get_action('aam', 'predict')(model=model, table=test_table,
                                                     sequences=sequences)
     probabilities = None
     if classification:
         probabilities, = ctx.get_action('aam', 'predict_probabilities')(
             model=model, table=test_table, sequences=sequences)
-    importance, = ctx.get_action('aam', 'feature_importance')(
-        model=model, table=train_table, sequences=sequences)
     forest, forest_probabilities = _forest(ctx, classification, train_table, test_table,
                                            metadata, random_state)
     training_targets = _targets(ctx, values, train_ids)
@@ -162,27 +162,26 @@ def _ncv(ctx, classification, table, sequences, metadata, groups, pretrained, cv
             if absent:
                 raise ValueError(
                     f'Fold {f + 1} of {cv} leaves {len(absent)} classes out of its training '
-                    f'samples: {_inputs.preview(absent)}. Nothing was fitted. Lower cv, or '
+                    f'samples: {inputs.preview(absent)}. Nothing was fitted. Lower cv, or '
                     'leave out classes with too few samples or groups.')
     fit = ctx.get_action('aam', 'fit')
     predict = ctx.get_action('aam', 'predict')
     probabilities_of = ctx.get_action('aam', 'predict_probabilities')
-    importance_of = ctx.get_action('aam', 'feature_importance')
     predictions, probabilities, importances, forest, forest_p = [], [], [], [], []
     for f, (train, test) in enumerate(folds):
-        _inputs.note(f'fold {f + 1} of {cv}: training on {len(train)} samples, testing on '
+        inputs.note(f'fold {f + 1} of {cv}: training on {len(train)} samples, testing on '
                      f'{len(test)}.')
         train_table = _subtable(ctx, view, list(ids[train]))
         test_table = _subtable(ctx, view, list(ids[test]))
-        model, = fit(table=train_table, sequences=sequences, metadata=metadata, groups=groups,
-                     pretrained=pretrained, random_seed=random_state, **fit_params)
+        model, importance = fit(table=train_table, sequences=sequences, metadata=metadata,
+                                groups=groups, pretrained=pretrained,
+                                random_seed=random_state, **fit_params)
         predictions.append(predict(model=model, table=test_table,
                                    sequences=sequences)[0].view(pd.Series))
         if classification:
             probabilities.append(probabilities_of(model=model, table=test_table,
                                                   sequences=sequences)[0].view(pd.DataFrame))
-        importances.append(importance_of(model=model, table=train_table,
-                                         sequences=sequences)[0].view(pd.DataFrame))
+        importances.append(importance.view(pd.DataFrame))
         p, q = _forest(ctx, classification, train_table, test_table, metadata, random_state)
         forest.append(p.view(pd.Series))
         if q is not None:
@@ -221,36 +220,40 @@ def _fit_params(local):
 
 def classify_samples(ctx, table, sequences, metadata, groups=None, pretrained=None,
                      test_size=0.2, random_state=0, missing_samples='error',
-                     ensemble_size=5, epochs=60, blend='stacked', transformer_weight=1.0,
-                     linear_weight=1.0, tree_weight=1.0, max_asvs=128, device='auto',
-                     threads=0):
+                     ensemble_size=D['ensemble_size'], epochs=D['epochs'], blend=D['blend'],
+                     transformer_weight=D['transformer_weight'],
+                     linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                     max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _pipeline(ctx, True, table, sequences, metadata, groups, pretrained, test_size,
                      random_state, True, missing_samples, _fit_params(locals()))
 
 
 def regress_samples(ctx, table, sequences, metadata, groups=None, pretrained=None,
                     test_size=0.2, random_state=0, stratify=False, missing_samples='error',
-                    ensemble_size=5, epochs=60, blend='stacked', transformer_weight=1.0,
-                    linear_weight=1.0, tree_weight=1.0, max_asvs=128, device='auto',
-                    threads=0):
+                    ensemble_size=D['ensemble_size'], epochs=D['epochs'], blend=D['blend'],
+                    transformer_weight=D['transformer_weight'],
+                    linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                    max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _pipeline(ctx, False, table, sequences, metadata, groups, pretrained, test_size,
                      random_state, stratify, missing_samples, _fit_params(locals()))
 
 
 def classify_samples_ncv(ctx, table, sequences, metadata, groups=None, pretrained=None,
-                         cv=5, random_state=0, missing_samples='error', ensemble_size=5,
-                         epochs=60, blend='stacked', transformer_weight=1.0,
-                         linear_weight=1.0, tree_weight=1.0, max_asvs=128, device='auto',
-                         threads=0):
+                         cv=5, random_state=0, missing_samples='error',
+                         ensemble_size=D['ensemble_size'], epochs=D['epochs'],
+                         blend=D['blend'], transformer_weight=D['transformer_weight'],
+                         linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                         max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _ncv(ctx, True, table, sequences, metadata, groups, pretrained, cv, random_state,
                 True, missing_samples, _fit_params(locals()))
 
 
 def regress_samples_ncv(ctx, table, sequences, metadata, groups=None, pretrained=None,
                         cv=5, random_state=0, stratify=False, missing_samples='error',
-                        ensemble_size=5, epochs=60, blend='stacked', transformer_weight=1.0,
-                        linear_weight=1.0, tree_weight=1.0, max_asvs=128, device='auto',
-                        threads=0):
+                        ensemble_size=D['ensemble_size'], epochs=D['epochs'],
+                        blend=D['blend'], transformer_weight=D['transformer_weight'],
+                        linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                        max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _ncv(ctx, False, table, sequences, metadata, groups, pretrained, cv, random_state,
                 stratify, missing_samples, _fit_params(locals()))
 

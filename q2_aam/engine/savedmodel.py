@@ -19,6 +19,7 @@ from .linear import PSEUDO_ABUNDANCE, LinearModel
 from .stack import check_stack_config
 from .trees import TreeModel, check_trees
 from .model import AAM, AAMConfig, parameter_count
+from .runtime import read_files
 from .tokens import VOCAB
 
 FORMAT_VERSION = 1
@@ -83,13 +84,6 @@ class SavedModel:
             model.load_state_dict(state)
             models.append(model.eval())
         return models
-
-    def build_model(self):
-        """The torch model of a single (not ensemble) model, in eval mode."""
-        if self.ensemble_size != 1:
-            raise ValueError(f'This model is an ensemble of {self.ensemble_size} models; '
-                             'use build_models().')
-        return self.build_models()[0]
 
 
 MEMBER_PREFIX = 'members.'
@@ -485,8 +479,7 @@ def load(directory):
     validation.index = validation.index.astype(str)
     validation.index.name = 'sample-id'
     tb = directory / TENSORBOARD_DIR
-    tensorboard = ({p.relative_to(tb).as_posix(): p.read_bytes()
-                    for p in sorted(tb.rglob('*')) if p.is_file()} if tb.is_dir() else {})
+    tensorboard = read_files(tb) if tb.is_dir() else {}
     return SavedModel(config, state, history, validation, tensorboard,
                       linear=read_linear(directory, config), tree=read_tree(directory, config))
 
