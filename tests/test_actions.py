@@ -16,7 +16,8 @@ from plugin_fixtures import (TINY, TINY_TRAIN, SHARED_DATA, action_yaml, biom_ta
                              sequences_series, split, state_equal, table, held_out_ids)
 from plugin_fixtures import SINGLE, _fit
 
-from qiime2.plugins.aam.methods import fit, predict, predict_probabilities, pretrain
+from qiime2.plugins.aam.methods import (feature_importance, fit, predict,
+                                        predict_probabilities, pretrain)
 from qiime2.plugins.aam.visualizers import plot_validation
 
 LABELS = ['gut', 'left palm', 'right palm', 'tongue']
@@ -84,7 +85,7 @@ def test_fit_categorical_column_gives_a_classifier():
 def test_fit_with_frozen_encoder_keeps_the_pretrained_weights():
     train_table, train_seqs, _, _ = split()
     model, _ = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
-                 pretrained=encoder(), freeze_encoder=True, **TINY_TRAIN, **SINGLE)
+                   pretrained=encoder(), freeze_encoder=True, **TINY_TRAIN, **SINGLE)
     pretrained = encoder().view(SavedModel).state_dict
     fitted = model.view(SavedModel).state_dict
     assert state_equal(_encoder_part(fitted), _encoder_part(pretrained))
@@ -95,12 +96,28 @@ def test_fit_with_frozen_encoder_keeps_the_pretrained_weights():
                if k.startswith('target_head.'))
 
 
+def test_fit_returns_the_importances_of_its_training_samples():
+    """fit's second output is what feature-importance gives for the model on the table it
+    was fitted on: one row per ASV of those samples, the blend's column first."""
+    train_table, train_seqs, _, _ = split()
+    model, importance = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
+                            **{**TINY, 'ensemble_size': 2})
+    assert str(importance.type) == 'FeatureData[Importance]'
+    got = importance.view(pd.DataFrame)
+    again, = feature_importance(model=model, table=train_table, sequences=train_seqs)
+    pd.testing.assert_frame_equal(got, again.view(pd.DataFrame))
+    assert list(got.columns) == ['importance', 'transformer', 'linear', 'tree']
+    used = train_table.view(biom_table().__class__).ids('observation')
+    assert set(got.index) <= set(used) and len(got) > 100
+    assert got['importance'].is_monotonic_decreasing
+
+
 def test_fit_from_an_encoder_starts_from_its_weights():
     """With a vanishing learning rate the unfrozen encoder barely moves from the
     pretrained weights, while a fit from scratch starts elsewhere."""
     train_table, train_seqs, _, _ = split()
     model, _ = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 pretrained=encoder(), **{**TINY_TRAIN, **SINGLE, 'learning_rate': 1e-12})
+                   pretrained=encoder(), **{**TINY_TRAIN, **SINGLE, 'learning_rate': 1e-12})
     pretrained = _encoder_part(encoder().view(SavedModel).state_dict)
     fitted = _encoder_part(model.view(SavedModel).state_dict)
     assert set(fitted) == set(pretrained)
@@ -117,7 +134,7 @@ def test_fit_from_scratch_reads_kmers_and_from_an_encoder_keeps_its_nucleotide_l
     assert not any(k.startswith('asv_encoder.transformer') for k in scratch.state_dict)
     train_table, train_seqs, _, _ = split()
     model, _ = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 pretrained=encoder(), **{**TINY_TRAIN, **SINGLE})
+                   pretrained=encoder(), **{**TINY_TRAIN, **SINGLE})
     config = model.view(SavedModel).config['model']
     assert config['nucleotide_layers'] == encoder().view(SavedModel).config['model'][
         'nucleotide_layers'] == 1
@@ -217,7 +234,7 @@ def test_alpha_diversity_adds_a_pretraining_target():
     # the alpha head is not carried into a fit: a 4-class head replaces it
     train_table, train_seqs, _, _ = split()
     fitted, _ = fit(table=train_table, sequences=train_seqs, metadata=body_site(),
-                  pretrained=model, **TINY_TRAIN, **SINGLE)
+                    pretrained=model, **TINY_TRAIN, **SINGLE)
     assert fitted.view(SavedModel).state_dict['target_head.3.weight'].shape[0] == 4
 
 
@@ -260,7 +277,7 @@ def test_same_seed_same_model_and_predictions(tmp_path):
     train_table, train_seqs, test_table, test_seqs = split()
     live = tmp_path / 'live-logs'
     again, _ = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 **{**TINY, **SINGLE, 'tensorboard_dir': str(live)})
+                   **{**TINY, **SINGLE, 'tensorboard_dir': str(live)})
     assert state_equal(again.view(SavedModel).state_dict, regressor().view(SavedModel).state_dict)
     first = regressor_predictions().view(pd.Series)
     second = predict(model=again, table=test_table, sequences=test_seqs).predictions \
@@ -269,7 +286,7 @@ def test_same_seed_same_model_and_predictions(tmp_path):
     assert list(live.rglob('events.out.tfevents.*'))
     # another seed gives another model
     other, _ = fit(table=train_table, sequences=train_seqs, metadata=days(),
-                 **{**TINY, **SINGLE, 'random_seed': 2})
+                   **{**TINY, **SINGLE, 'random_seed': 2})
     assert not state_equal(other.view(SavedModel).state_dict,
                            regressor().view(SavedModel).state_dict)
 
@@ -720,7 +737,7 @@ def test_fit_with_distances_and_without_validation(tmp_path, capsys):
     validation figure."""
     settings = {k: v for k, v in TINY.items() if k != 'validation_size'}
     model, _ = fit(table=table(), sequences=rep_seqs(), metadata=body_site(),
-                 distance_matrix=distances(), blend='fixed', **settings)
+                   distance_matrix=distances(), blend='fixed', **settings)
     saved = model.view(SavedModel)
     assert saved.config['training']['validation_size'] == 0.0
     assert ('q2-aam: training on 34 samples, no validation split (every sample, every '
@@ -867,7 +884,7 @@ def test_a_continued_model_keeps_its_blend(capsys):
     np.testing.assert_array_equal(continued.linear.coef, before.linear.coef)
     np.testing.assert_array_equal(continued.tree.value, before.tree.value)
     weights = ', '.join(f'{m} {w:.2f}' for m, w in zip(before.config['stack']['members'],
-                                                          before.config['stack']['weights']))
+                                                       before.config['stack']['weights']))
     assert (f'q2-aam: the blend of the model continued is kept as it was (weights {weights}); '
             'a new fit refits it.') in capsys.readouterr().out
 

@@ -71,7 +71,7 @@ def test_sequences_that_are_not_dna(tmp_path):
     seqs[bad[2]] = ''
     with pytest.raises(ValueError) as raised:
         pretrain_module.pretrain(biom_table(), seqs, distances().view(skbio.DistanceMatrix),
-                          **TINY)
+                                 **TINY)
     message = str(raised.value)
     assert '3 of 485 sequences are empty or contain characters that are not DNA' in message
     assert _ids_shown(message, bad)
@@ -164,7 +164,7 @@ def test_a_class_with_one_sample_when_stratifying():
     assert '--p-validation-size 0' in message
     # the advice works: without a validation split the single-sample classes are fine
     model, _ = fit(table=table(), sequences=rep_seqs(), metadata=column,
-                 **{**TINY, 'validation_size': 0.0})
+                   **{**TINY, 'validation_size': 0.0})
     assert model.view(SavedModel).config['labels'] == ['a', 'b', 'odd', 'rare']
 
 
@@ -230,7 +230,7 @@ def test_action_functions_check_the_model_task_too():
         predict_module.predict_probabilities(regressor().view(SavedModel), t, s)
     with pytest.raises(ValueError, match='pretrained model is a classification model'):
         fit_module.fit(t, s, body_site(), pretrained=classifier().view(SavedModel),
-                     **TINY_TRAIN)
+                       **TINY_TRAIN)
 
 
 def test_architecture_that_differs_from_the_pretrained_encoder():
@@ -327,7 +327,7 @@ def test_a_target_far_from_the_rest_is_named_in_a_warning(capsys):
     with pytest.warns(UserWarning, match=r'1 of 34 values of metadata column .target. lie more '
                                          r'than 10 robust standard deviations'):
         model, _ = fit_module.fit(biom_table(), sequences_series(), _column(values),
-                             **{**TINY_TRAIN, 'ensemble_size': 1})
+                                  **{**TINY_TRAIN, 'ensemble_size': 1})
     assert f'{ids[5]} (1e+06)' in capsys.readouterr().out
     assert np.isfinite(model.config['target_std'])
 
@@ -337,7 +337,7 @@ def test_a_numeric_looking_categorical_column_says_so():
     values[4] = 'n/a'
     with pytest.warns(UserWarning) as caught:
         fit_module.fit(biom_table(), sequences_series(), _column(values, categorical=True),
-                     **{**TINY_TRAIN, 'ensemble_size': 1, 'validation_size': 0.0})
+                       **{**TINY_TRAIN, 'ensemble_size': 1, 'validation_size': 0.0})
     message = ' '.join(str(w.message) for w in caught)
     assert 'is categorical, so this fit is a classifier with 34 classes' in message
     assert "33 of its 34 values are numbers: 1 values are not ('n/a')" in message
@@ -368,4 +368,4 @@ def test_a_model_too_large_to_hold_is_refused_before_reading_data():
     with pytest.raises(ValueError, match=r'ask for 20 model\(s\) of [\d,]+ parameters.*Lower '
                                          'embedding_dim'):
         fit_module.fit(None, None, days(), embedding_dim=1024, attention_heads=4,
-                     attention_layers=48, nucleotide_layers=48, ensemble_size=20)
+                       attention_layers=48, nucleotide_layers=48, ensemble_size=20)

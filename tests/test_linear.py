@@ -137,7 +137,7 @@ def test_linear_half_round_trips_exactly(tmp_path, task):
 def _edit_config(path, **linear_fields):
     config = json.loads((path / 'config.json').read_text())
     config['linear'] = None if linear_fields.get('drop') else {**config['linear'],
-                                                              **linear_fields}
+                                                               **linear_fields}
     (path / 'config.json').write_text(json.dumps(config))
 
 

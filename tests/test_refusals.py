@@ -21,7 +21,6 @@ from plugin_fixtures import (TINY, TINY_TRAIN, SINGLE, biom_table, body_site, da
 from qiime2.plugins.aam.methods import fit, predict, pretrain
 
 
-
 def _seqs():
     return qiime2.Artifact.import_data('FeatureData[Sequence]', sequences_series())
 
@@ -199,7 +198,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
 # -- a full disk ------------------------------------------------------------------------
 
 def test_a_full_disk_is_named_leaves_no_temporary_file_and_the_run_resumes(tmp_path,
-                                                                          monkeypatch):
+                                                                           monkeypatch):
     import torch
     settings = {**TINY, 'epochs': 3, 'ensemble_size': 2, 'blend': 'fixed'}
     whole = fit(table=table(), sequences=rep_seqs(), metadata=days(), **settings).model

@@ -169,7 +169,7 @@ TINY_FIT = dict(ensemble_size=2, epochs=15, embedding_dim=16, attention_heads=2,
 @pytest.mark.parametrize('kind, best', [('linear', 'linear'), ('interaction', 'tree'),
                                         ('sequence', 'transformer')])
 def test_fit_gives_the_member_that_can_read_the_signal_the_largest_weight(kind, best,
-                                                                         grouped, capsys):
+                                                                          grouped, capsys):
     from q2_aam.actions.fit import fit
     table, seqs, column, groups = views(kind)
     model, _ = fit(table=table, sequences=seqs, metadata=column,

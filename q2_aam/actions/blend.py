@@ -10,7 +10,7 @@ from ..engine.predict import class_probabilities
 
 
 def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, continue_from,
-           labels, group_of, scale):
+          labels, group_of, scale):
     """The stack (weights and calibrations), the linear and tree members fitted on every
     training sample, and the out-of-fold table (None without folds)."""
     task, n_classes = cfg.task, (cfg.n_outputs if cfg.task == 'classification' else None)
@@ -31,7 +31,7 @@ def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, c
         why = ('an ensemble of one transformer has no out-of-fold predictions'
                if plan['ensemble_size'] < 2 else 'no folds')
         inputs.note(f'equal weights for {", ".join(names)}: {why} (ensemble_size 2 or '
-                     'more lets the training samples choose the weights).')
+                    'more lets the training samples choose the weights).')
         return stack_module.equal_stack(names, task, why), fitted, None
     # the transformer members' held-out rows, back in training-row order
     order = np.argsort(np.concatenate([held for _, held in folds]))
@@ -72,9 +72,9 @@ def _announce(stack):
     pulled = (f'; weights pulled {record["shrinkage"]:.0%} toward equal'
               if record['shrinkage'] else '')
     inputs.note(f'stacked blend from {record["samples"]} out-of-fold predictions '
-                 f'({record["folds"]} folds{", grouped" if record["grouped"] else ""}'
-                 f'{pulled}): ' + '; '.join(lines)
-                 + f'; the blend: {metric} {blend[metric]:.3f}, {second} {blend[second]:.3g}.')
+                f'({record["folds"]} folds{", grouped" if record["grouped"] else ""}'
+                f'{pulled}): ' + '; '.join(lines)
+                + f'; the blend: {metric} {blend[metric]:.3f}, {second} {blend[second]:.3g}.')
 
 
 def _out_of_fold_table(data, train_rows, stack, oof, truth, labels, folds):
@@ -110,7 +110,7 @@ def _continued_blend(previous):
     if 'stack' not in previous.config:
         weight = previous.config['linear']['weight'] if previous.linear is not None else 0.0
         inputs.note(f'the blend of the model continued is kept as it was (linear weight '
-                     f'{weight:g}); a new fit refits it.')
+                    f'{weight:g}); a new fit refits it.')
         return None, {'linear': previous.linear} if previous.linear is not None else {}, None
     stack = stack_module.Stack.from_config(previous.config['stack'], previous.task)
     inputs.note('the blend of the model continued is kept as it was (weights ' + ', '.join(

@@ -34,7 +34,7 @@ def _samples(table, metadata, groups, missing_samples, classification):
             '--p-missing-samples ignore to leave them out, or filter the table first.')
     if missing:
         inputs.note(f'left out {len(missing)} of {len(ids)} samples that have no value in '
-                     f'metadata column {metadata.name!r}: {inputs.preview(missing)}.')
+                    f'metadata column {metadata.name!r}: {inputs.preview(missing)}.')
     values = values.dropna()
     kept = list(values.index)
     group_of = None if groups is None else inputs.group_values(groups, kept)
@@ -82,8 +82,8 @@ def _split(ids, values, group_of, test_size, random_state, stratify, classificat
     ids = np.asarray(ids, dtype=object)
     if group_of is not None:
         inputs.note(f'split by groups: {len(set(group_of[train]))} groups ({len(train)} '
-                     f'samples) to train on, {len(set(group_of[test]))} groups ({len(test)} '
-                     'samples) to test on; no group is on both sides.')
+                    f'samples) to train on, {len(set(group_of[test]))} groups ({len(test)} '
+                    'samples) to test on; no group is on both sides.')
     return list(ids[train]), list(ids[test])
 
 
@@ -170,7 +170,7 @@ def _ncv(ctx, classification, table, sequences, metadata, groups, pretrained, cv
     predictions, probabilities, importances, forest, forest_p = [], [], [], [], []
     for f, (train, test) in enumerate(folds):
         inputs.note(f'fold {f + 1} of {cv}: training on {len(train)} samples, testing on '
-                     f'{len(test)}.')
+                    f'{len(test)}.')
         train_table = _subtable(ctx, view, list(ids[train]))
         test_table = _subtable(ctx, view, list(ids[test]))
         model, importance = fit(table=train_table, sequences=sequences, metadata=metadata,

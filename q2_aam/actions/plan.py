@@ -83,7 +83,7 @@ class Plan:
         """The artifact's training record (config.json 'training')."""
         return {**dict(self.settings), 'scheduler_params': optim.parse_scheduler_params(
             self.settings['scheduler_params']),
-                **{k: v is not None for k, v in self.starts_from.items()}}
+            **{k: v is not None for k, v in self.starts_from.items()}}
 
 
 def _digest(model):

@@ -55,7 +55,7 @@ def _read(model, table, sequences):
     counts, sample_ids, feature_ids = inputs.table_parts(table)
     seqs = inputs.sequences_for(feature_ids, sequences)
     data = inputs.build_data(counts, sample_ids, feature_ids, seqs,
-                              model.config['max_asvs'], model.config['max_bp'])
+                             model.config['max_asvs'], model.config['max_bp'])
     return counts, feature_ids, seqs, data
 
 
@@ -99,9 +99,9 @@ def _warn_unknown(index, known):
     unknown = index[known == 0]
     if len(unknown):
         inputs.warn(f'{len(unknown)} of {len(index)} samples share no ASV (by sequence) with '
-                     f'the samples the model was fitted on: {inputs.preview(unknown)}. The '
-                     'linear and tree members predict the training mean (or class shares) '
-                     'for them; only the transformer reads their sequences.')
+                    f'the samples the model was fitted on: {inputs.preview(unknown)}. The '
+                    'linear and tree members predict the training mean (or class shares) '
+                    'for them; only the transformer reads their sequences.')
 
 
 def _with_linear_half(model, transformer, counts, seqs, index):

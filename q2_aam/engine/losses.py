@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def pairwise_distances(embedding):
     """Euclidean distances of the strict upper triangle: (B, D) -> (B*(B-1)/2,).
 

@@ -20,7 +20,7 @@ TASKS = ('encoder', 'regression', 'classification')
 class AAMConfig:
     task: str = 'encoder'          # 'encoder' | 'regression' | 'classification'
     n_outputs: int = 0             # regression: targets; classification: classes;
-                                   # encoder: 0, or 1 for an auxiliary per-sample target
+    # encoder: 0, or 1 for an auxiliary per-sample target
     vocab_size: int = VOCAB_SIZE
     max_bp: int = 150
     embedding_dim: int = 128
@@ -30,7 +30,7 @@ class AAMConfig:
     dropout: float = 0.1
     kmer_size: int = 6             # k-mer profile added to each ASV vector; 0 = off
     nucleotide_layers: Optional[int] = None   # layers reading each ASV's bases; None: as
-                                   # attention_layers; 0: the k-mer profile alone
+    # attention_layers; 0: the k-mer profile alone
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -343,4 +343,3 @@ def parameter_count(cfg: AAMConfig):
     if cfg.n_outputs:
         heads += (d * d + d) + (d * cfg.n_outputs + cfg.n_outputs)
     return asv + sample + heads
-

@@ -142,10 +142,10 @@ def validation_figure(table, kind, class_names=None):
     """The figure of a validation table: scatter, confusion matrix or UniFrac pairs."""
     if kind == 'regression':
         return regression_figure(table['truth'].to_numpy(float),
-                                       table['prediction'].to_numpy(float))
+                                 table['prediction'].to_numpy(float))
     if kind == 'classification':
         names = list(class_names)
         lookup = {n: i for i, n in enumerate(names)}
         return confusion_figure(table['truth'].map(lookup).to_numpy(int),
-                                      table['prediction'].map(lookup).to_numpy(int), names)
+                                table['prediction'].map(lookup).to_numpy(int), names)
     return unifrac_figure(table['truth'].to_numpy(float), table['prediction'].to_numpy(float))

@@ -306,7 +306,7 @@ def _check_linear_config(linear, task):
         raise ModelFileError(f'config.json: linear features must be a whole number, not '
                              f'{features!r}.')
     if not all(math.isfinite(b) for b in intercept) or not (math.isfinite(pseudo) and
-                                                           pseudo > 0):
+                                                            pseudo > 0):
         raise ModelFileError('config.json: the linear half\'s intercept and pseudo_abundance '
                              f'must be finite (and pseudo_abundance above 0); found {linear!r}.')
 
@@ -482,4 +482,3 @@ def load(directory):
     tensorboard = read_files(tb) if tb.is_dir() else {}
     return SavedModel(config, state, history, validation, tensorboard,
                       linear=read_linear(directory, config), tree=read_tree(directory, config))
-

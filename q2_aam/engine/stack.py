@@ -99,7 +99,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
         calibration = {m: fit_class_calibration(_log_probabilities(preds[m]), truth, n_classes)
                        for m in names}
         preds = {m: softmax(apply_class_calibration(_log_probabilities(preds[m]),
-                                                     calibration[m])) for m in names}
+                                                    calibration[m])) for m in names}
     stacked = np.stack([preds[m] for m in names])                    # (M, n[, C])
     grid = simplex_grid(len(names))                                  # (G, M)
     blended = np.tensordot(grid, stacked, axes=1)                    # (G, n[, C])
@@ -141,7 +141,7 @@ def apply_stack(stack, outputs):
     Returns the blend: values, or probabilities."""
     if stack.task == 'classification':
         parts = [softmax(apply_class_calibration(_log_probabilities(outputs[m]),
-                                                  stack.calibration[m]))
+                                                 stack.calibration[m]))
                  if stack.calibration else np.asarray(outputs[m], np.float64)
                  for m in stack.members]
     else:
@@ -149,7 +149,7 @@ def apply_stack(stack, outputs):
     blend = sum(w * p for w, p in zip(stack.weights, parts))
     if stack.task == 'classification' and stack.blend_calibration:
         blend = softmax(apply_class_calibration(_log_probabilities(blend),
-                                                 stack.blend_calibration))
+                                                stack.blend_calibration))
     return blend
 
 

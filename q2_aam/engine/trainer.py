@@ -49,14 +49,14 @@ class TrainSettings:
     target_weight: float = 1.0
     regression_loss: str = 'mse'          # 'mse' | 'huber'
     target_scale: Optional[tuple] = None  # (mean, sd) to standardise a regression target
-                                          # with; None: the training rows' own
+    # with; None: the training rows' own
     freeze_encoder: bool = False
     random_seed: int = 0
     device: str = 'cpu'                   # 'cpu' | 'cuda' | 'auto'
     threads: Optional[int] = None
     activation_checkpointing: Optional[bool] = None   # None: see checkpoint_by_default
     compile: Optional[str] = None         # a torch.compile backend ('inductor') for the
-                                          # training forward; None: run it eagerly
+    # training forward; None: run it eagerly
     histogram_frequency: int = 50         # epochs; 0 = off
     tensorboard_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
@@ -284,8 +284,8 @@ class Trainer:
             if self.kind is not None:
                 truth.append(self.data.targets[batch.samples])
                 predicted.append(self._targets_out(out))
-            bar.set_postfix_str(runlog.postfix(running.means(), self.optimizer.param_groups[0]['lr']),
-                                refresh=False)
+            learning_rate = self.optimizer.param_groups[0]['lr']
+            bar.set_postfix_str(runlog.postfix(running.means(), learning_rate), refresh=False)
             bar.update(len(rows))
         record = {f'train_{k}': v for k, v in running.means().items()}
         if truth:
