@@ -53,7 +53,7 @@ endif
 
 # q2cli caches the plugins' signatures per package version, which an editable install never
 # changes: refresh it whenever the code that declares the actions changes.
-$(CLI_CACHE): $(STAMP) q2_aam/plugin_setup.py q2_aam/_actions.py
+$(CLI_CACHE): $(STAMP) q2_aam/plugin_setup.py q2_aam/_parameters.py $(wildcard q2_aam/actions/*.py)
 	@echo "==> Refreshing the QIIME 2 command-line cache (q2cli)"
 	@$(VENV)/bin/qiime dev refresh-cache
 	@touch $@
