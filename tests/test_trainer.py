@@ -609,7 +609,7 @@ def test_sigterm_removes_the_temporary_event_folder(tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=180) != 0        # generous: a loaded machine unwinds slowly
     assert not list(tmp_path.glob(f'{runtime.TEMP_PREFIX}*'))
 
 
