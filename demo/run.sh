@@ -64,7 +64,7 @@ python - "$OUT" "$DATA" "$started" <<'PY'
 import sys, time
 import pandas as pd
 import qiime2
-from q2_aam.engine.checkpoint import SavedModel
+from q2_aam.engine.savedmodel import SavedModel
 out, data, started = sys.argv[1], sys.argv[2], float(sys.argv[3])
 model = qiime2.Artifact.load(f'{out}/classifier.qza').view(SavedModel)
 pred = qiime2.Artifact.load(f'{out}/test-predictions.qza').view(pd.Series)
