@@ -132,7 +132,8 @@ plugin.methods.register_function(
         **{k: descriptions[k] for k in fitting}},
     output_descriptions={'model': 'A fitted regressor or classifier. ' + model_description,
                          'feature_importance': IMPORTANCE_DESCRIPTION + ' Measured over the '
-                         'samples the model was fitted on.'},
+                         'samples of the table fit was given (those without a metadata '
+                         'value too).'},
     name='Fit an AAM regressor or classifier to a metadata column',
     description='Trains the model to predict a metadata column from each sample\'s ASV '
                 'sequences and abundances, optionally starting from a pretrained encoder. '

@@ -15,7 +15,8 @@ import skbio
 from q2_types.feature_table import BIOMV210Format
 
 from . import blend as blend_module, inputs, runs
-from .plan import D, FIT_NUC_WEIGHT, FIT_VALIDATION_SIZE, make_plan, train_settings
+from .plan import ARCHITECTURE, D, FIT_NUC_WEIGHT, FIT_VALIDATION_SIZE, make_plan, \
+    train_settings
 from .predict import feature_importance
 from .processes import on_processes
 from ..engine import folds as folds_module, runstate
@@ -114,9 +115,7 @@ def fit_model(views, arguments):
                              plan['max_bp'], distances, targets)
     cfg = AAMConfig(task='classification' if classification else 'regression',
                     n_outputs=len(labels) if classification else 1, max_bp=plan['max_bp'],
-                    **{k: plan[k] for k in ('embedding_dim', 'attention_heads',
-                                            'attention_layers', 'nucleotide_layers',
-                                            'dropout', 'kmer_size')})
+                    **{k: plan[k] for k in ARCHITECTURE})
     # one target scale for every member, so that their outputs can be averaged
     scale = None if classification else target_scale(targets) if continue_from is None else (
         continue_from.config['target_mean'], continue_from.config['target_std'])
@@ -142,6 +141,7 @@ def fit_model(views, arguments):
         labels, group_of, scale)
     return runs.saved_model(cfg, plan, results, len(sample_ids), labels=labels,
                             extra={'target_column': metadata.name,
+                                   'pretrained': pretrained is not None,
                                    'continued': continue_from is not None,
                                    'groups': None if groups is None else groups.name},
                             stack=stack, members=fitted, out_of_fold=table_oof,

@@ -80,10 +80,10 @@ class Plan:
                    if k not in NOT_FINGERPRINTED}}
 
     def record(self):
-        """The artifact's training record (config.json 'training')."""
+        """The artifact's training record (config.json 'training'); the actions add which
+        models the run started from."""
         return {**dict(self.settings), 'scheduler_params': optim.parse_scheduler_params(
-            self.settings['scheduler_params']),
-            **{k: v is not None for k, v in self.starts_from.items()}}
+            self.settings['scheduler_params'])}
 
 
 def _digest(model):

@@ -232,10 +232,15 @@ def table_from_payload(payload):
     return pd.DataFrame(payload['validation']).set_index(payload['validation_index'])
 
 
+def cpu_state(model):
+    """A copy of the model's weights on the CPU (a best state, or a resume state)."""
+    return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
+
+
 def save_resume(path, model, optimizer, scheduler, state):
     """The last epoch's full state: enough to go on as if the run had never stopped."""
     payload = {
-        'model': {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()},
+        'model': cpu_state(model),
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
         'torch_rng': torch.get_rng_state(),
         'epoch': state['epoch'], 'best_loss': state['best_loss'],

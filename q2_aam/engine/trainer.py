@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, losses, metrics, optim, runlog
 from .plots import validation_figure
-from .runstate import LAST, atomic_save, load_resume, save_resume, write_error
+from .runstate import LAST, atomic_save, cpu_state, load_resume, save_resume, write_error
 from .runtime import TEMP_PREFIX, autocast_settings, checkpoint_by_default, read_files, \
     resolve_device, sweep_stale_folders, terminate_as_interrupt
 from .data import batch_indices
@@ -378,7 +378,7 @@ class Trainer:
             state, started, seen = self._epochs(resume_from)
         elapsed = time.perf_counter() - started
         if state['best_state'] is None:        # every epoch non-finite or no epoch run
-            state['best_state'] = _cpu_state(self.model)
+            state['best_state'] = cpu_state(self.model)
         validation = state['validation']
         if validation is None:
             validation = pd.DataFrame(columns=['truth', 'prediction'],
@@ -421,7 +421,7 @@ class Trainer:
                       if improved and table is not None and len(table) else None)
             if improved:
                 state.update(best_loss=monitored, best_epoch=epoch, waited=0,
-                             best_state=_cpu_state(self.model), validation=table)
+                             best_state=cpu_state(self.model), validation=table)
                 if s.checkpoint_dir:
                     atomic_save(state['best_state'], Path(s.checkpoint_dir) / 'best_model.pt')
                     if figure is not None:
@@ -477,7 +477,3 @@ def train(model, data, train_rows, val_rows, settings, class_names=None, resume_
     """Train ``model`` in place and return the best state and the run's record."""
     trainer = Trainer(model, data, train_rows, val_rows, settings, on_epoch_end=on_epoch_end)
     return trainer.run(class_names=class_names, resume_from=resume_from)
-
-
-def _cpu_state(model):
-    return {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
