@@ -1,5 +1,6 @@
 """pretrain / fit / predict / predict_probabilities / plot_validation through the
 QIIME 2 Python API (qiime2.plugins.aam), with tiny models shared across the session."""
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from plugin_fixtures import (TINY, TINY_TRAIN, SHARED_DATA, action_yaml, biom_ta
                              body_site, classifier, days, distances, encoder, metadata,
                              observed_features, regressor, regressor_predictions, rep_seqs,
                              sequences_series, split, state_equal, table, held_out_ids)
-from plugin_fixtures import SINGLE, _fit
+from plugin_fixtures import SINGLE, _fit, deep_test_table
 
 from qiime2.plugins.aam.methods import (feature_importance, fit, predict,
                                         predict_probabilities, pretrain)
@@ -329,6 +330,9 @@ def test_rarefy_depth_thins_training_reads_and_is_recorded():
     thinned = _fit(days(), rarefy_depth=500).view(SavedModel)
     assert (plain.config['training']['rarefy_depth'],
             thinned.config['training']['rarefy_depth']) == (0, 500)
+    # prediction's read floor follows: none without rarefying, one read in 500 with
+    assert 'read_floor' not in plain.config
+    assert thinned.config['read_floor'] == pytest.approx(1 / 500)
     assert not state_equal(thinned.state_dict, plain.state_dict)
 
 
@@ -676,6 +680,52 @@ def test_a_model_saved_before_stacking_predicts_as_it_did(name, kind, prediction
         got = _probabilities(model, test_table, test_seqs)
         np.testing.assert_allclose(got.loc[expected.index, expected.columns].to_numpy(),
                                    expected.to_numpy(), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize('deep, predictions', [
+    (False, 'stacked-classifier-probabilities.tsv'),
+    (True, 'stacked-classifier-deep-probabilities.tsv')])
+def test_a_model_saved_before_the_read_floor_reads_every_asv_as_it_did(deep, predictions):
+    """A stacked classifier (fixed blend, so the transformers count) written at 77f1c85,
+    before fit recorded a read floor: on a deep table, where a floor of 1 / 2000 would
+    leave most ASVs out, it predicts as it did."""
+    model = qiime2.Artifact.import_data('AAMModel[AAMClassifier]',
+                                        str(LEGACY / 'stacked-classifier'))
+    assert 'read_floor' not in model.view(SavedModel).config
+    _, _, test_table, test_seqs = split()
+    expected = pd.read_csv(LEGACY / predictions, sep='\t', index_col=0,
+                           float_precision='round_trip')
+    got = _probabilities(model, deep_test_table() if deep else test_table, test_seqs)
+    np.testing.assert_allclose(got.loc[expected.index, expected.columns].to_numpy(),
+                               expected.to_numpy(), rtol=1e-9, atol=1e-15)
+
+
+def test_predictions_leave_out_the_asvs_training_subsamples_seldom_showed():
+    """fit records one read in rarefy_depth as the model's read floor; predict reads a
+    sample's ASVs above it, as the engine does given that floor; without the floor (a
+    model from before it) the same deep samples read every ASV and predict otherwise."""
+    from q2_aam.actions import inputs
+    from q2_aam.engine.predict import predict as engine_predict
+    saved = regressor().view(SavedModel)
+    assert saved.config['read_floor'] == pytest.approx(1 / 2000)
+    _, _, _, test_seqs = split()
+    deep = deep_test_table()
+    index, floored = _members(regressor(), deep, test_seqs)
+    counts, ids, features = inputs.table_parts(deep.view(biom_table().__class__))
+    seqs = inputs.sequences_for(features, test_seqs.view(pd.Series))
+    data = inputs.build_data(counts, ids, features, seqs, saved.config['max_asvs'],
+                             saved.config['max_bp'], read_floor=1 / 2000)
+    assert (data.asvs_per_sample() > [len(data.read_whole(i)[0]) for i in range(len(data))]
+            ).all()                                    # every deep sample loses ASVs
+    raw = engine_predict(saved.build_models()[0], data)['prediction'][:, 0]
+    expected = raw * saved.config['target_std'] + saved.config['target_mean']
+    np.testing.assert_allclose(floored['transformer'], expected, rtol=1e-6)
+    before = dataclasses.replace(saved, config={k: v for k, v in saved.config.items()
+                                                if k != 'read_floor'})
+    _, whole = _members(qiime2.Artifact.import_data('AAMModel[AAMRegressor]', before),
+                        deep, test_seqs)
+    assert not np.allclose(whole['transformer'], floored['transformer'], rtol=1e-3)
+    np.testing.assert_array_equal(whole['linear'], floored['linear'])   # members unchanged
 
 
 # -- plot_validation and q2-sample-classifier's visualizers --------------------------

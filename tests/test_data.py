@@ -89,6 +89,40 @@ def test_batch_with_rarefy_is_seeded_and_marks_lost_asvs_empty():
     assert (first.abundance.sum(1) <= 1.0 + 1e-6).all()
 
 
+# -- the read floor: prediction reads a sample as training's subsamples showed it --------
+
+def test_read_floor_leaves_rare_asvs_out_of_unrarefied_batches_only():
+    # sample 0: f4 holds 10 reads in 10,000 (1e-3) and f2 990; sample 1 has no rare ASV
+    counts = [[0, 9000, 990, 0, 10], [500, 0, 0, 500, 0]]
+    floored, whole = small(counts, read_floor=0.002), small(counts)
+    asvs, abundances = floored.read_whole(0)
+    np.testing.assert_array_equal(asvs, [1, 2])                  # f4 (1e-3) left out
+    np.testing.assert_allclose(abundances, [0.9, 0.099], rtol=1e-6)   # of the whole sample
+    np.testing.assert_array_equal(floored.read_whole(1)[0], whole.read_whole(1)[0])
+    batch, full = floored.make_batch([0, 1]), whole.make_batch([0, 1])
+    assert 4 not in batch.features.tolist() and 4 in full.features.tolist()
+    assert (batch.asv_index[0] >= 0).sum() == 2 and (full.asv_index[0] >= 0).sum() == 3
+    np.testing.assert_array_equal(floored.used_features([0, 1]), [0, 1, 2, 3])
+    # training's subsamples draw from every ASV, as before the floor
+    a = floored.make_batch([0, 1], rarefy=(5000, np.random.default_rng(3)))
+    b = whole.make_batch([0, 1], rarefy=(5000, np.random.default_rng(3)))
+    assert torch.equal(a.asv_index, b.asv_index) and torch.equal(a.abundance, b.abundance)
+    assert 4 in a.features.tolist()
+
+
+def test_read_floor_keeps_a_samples_most_abundant_asv():
+    data = small([[0, 3, 3, 2, 2]], read_floor=0.5)      # no ASV reaches half the reads
+    asvs, abundances = data.read_whole(0)
+    np.testing.assert_array_equal(asvs, [1])
+    np.testing.assert_allclose(abundances, [0.3], rtol=1e-6)
+
+
+@pytest.mark.parametrize('floor', [-0.1, 1.0, float('nan')])
+def test_read_floor_outside_zero_to_one_is_refused(floor):
+    with pytest.raises(ValueError, match='read_floor is a relative abundance in'):
+        small([[1, 2, 3, 4, 5]], read_floor=floor)
+
+
 def test_sparse_and_dense_tables_agree():
     counts = np.array([[0, 3, 1, 0, 2], [4, 0, 0, 1, 0]])
     dense, sparse = small(counts), small(sp.csr_matrix(counts))

@@ -16,7 +16,7 @@ from q2_types.feature_table import BIOMV210Format
 
 from . import blend as blend_module, inputs, runs
 from .plan import ARCHITECTURE, D, FIT_NUC_WEIGHT, FIT_VALIDATION_SIZE, make_plan, \
-    train_settings
+    read_floor, train_settings
 from .predict import feature_importance
 from .processes import on_processes
 from ..engine import folds as folds_module, runstate
@@ -112,7 +112,7 @@ def fit_model(views, arguments):
     distances = (None if distance_matrix is None else
                  inputs.distance_array(distance_matrix, sample_ids))
     data = inputs.build_data(counts, sample_ids, feature_ids, seqs, plan['max_asvs'],
-                             plan['max_bp'], distances, targets)
+                             plan['max_bp'], distances, targets, read_floor=read_floor(plan))
     cfg = AAMConfig(task='classification' if classification else 'regression',
                     n_outputs=len(labels) if classification else 1, max_bp=plan['max_bp'],
                     **{k: plan[k] for k in ARCHITECTURE})
@@ -145,7 +145,7 @@ def fit_model(views, arguments):
                                    'continued': continue_from is not None,
                                    'groups': None if groups is None else groups.name},
                             stack=stack, members=fitted, out_of_fold=table_oof,
-                            continued=continue_from)
+                            continued=continue_from, read_floor=data.read_floor)
 
 
 def _member_folds(plan, continue_from, train_rows, stratify, group_of):

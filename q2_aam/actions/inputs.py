@@ -266,13 +266,13 @@ def class_labels(values, column_name, validation_size):
 
 
 def build_data(counts, sample_ids, feature_ids, sequences, max_asvs, max_bp,
-               distances=None, targets=None):
+               distances=None, targets=None, read_floor=0.0):
     """Keep the features that the selected samples use, then build AmpliconData."""
     used = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
     check_reads(counts, sample_ids)
     return AmpliconData(counts[:, used], sample_ids, [feature_ids[i] for i in used],
                         [sequences[i] for i in used], max_asvs=max_asvs, max_bp=max_bp,
-                        distances=distances, targets=targets)
+                        distances=distances, targets=targets, read_floor=read_floor)
 
 
 def distance_array(distance_matrix, sample_ids):

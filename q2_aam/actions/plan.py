@@ -164,6 +164,14 @@ def threads(value):
     return None if value in (0, 'auto', None) else int(value)
 
 
+def read_floor(plan):
+    """The relative abundance below which a fitted model's predictions leave an ASV out:
+    one read in ``rarefy_depth``, what an epoch's subsample seldom showed it (0: training
+    read whole samples, and so does prediction)."""
+    depth = plan.get('rarefy_depth') or 0
+    return 1.0 / depth if depth else 0.0
+
+
 def train_settings(plan, **run):
     """The engine's TrainSettings for this plan; ``run`` adds what belongs to one run, not
     to the plan (its TensorBoard folder, a regressor's target scale)."""

@@ -55,7 +55,8 @@ def _read(model, table, sequences):
     counts, sample_ids, feature_ids = inputs.table_parts(table)
     seqs = inputs.sequences_for(feature_ids, sequences)
     data = inputs.build_data(counts, sample_ids, feature_ids, seqs,
-                             model.config['max_asvs'], model.config['max_bp'])
+                             model.config['max_asvs'], model.config['max_bp'],
+                             read_floor=model.config.get('read_floor', 0.0))
     return counts, feature_ids, seqs, data
 
 

@@ -102,12 +102,13 @@ def train_member(model, data, rows, settings, plan, member=0, class_names=None):
 
 
 def saved_model(cfg, plan, results, samples, labels=None, extra=None, stack=None,
-                members=None, out_of_fold=None, continued=None):
+                members=None, out_of_fold=None, continued=None, read_floor=0.0):
     """One SavedModel from one training run, or from an ensemble's runs (one per member).
     ``stack``: the blend's weights (None: an encoder, or a continued model from before
     stacking, which keeps its linear weight); ``members``: the linear and tree members;
     ``out_of_fold``: the stack's out-of-fold table, kept as the validation rows when no
-    validation split was held out; ``continued``: the model a fit went on from."""
+    validation split was held out; ``continued``: the model a fit went on from;
+    ``read_floor``: the relative abundance below which its predictions leave an ASV out."""
     first = results[0]
     members = members or {}
     linear_half, tree = members.get('linear'), members.get('tree')
@@ -123,6 +124,7 @@ def saved_model(cfg, plan, results, samples, labels=None, extra=None, stack=None
         target_mean=first.target_mean, target_std=first.target_std,
         extra={'best_epoch': first.best_epoch, 'epochs_run': first.epochs_run,
                'ensemble_size': len(results), 'calibration': legacy_calibration,
+               **({'read_floor': float(read_floor)} if read_floor else {}),
                'linear': None if linear_half is None else savedmodel.linear_config(
                    linear_half, share),
                **({} if stack is None else {'stack': stack.to_config()})})

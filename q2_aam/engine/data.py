@@ -41,7 +41,7 @@ class AmpliconData:
     """
 
     def __init__(self, counts, sample_ids, feature_ids, sequences, max_asvs=1024,
-                 max_bp=150, distances=None, targets=None):
+                 max_bp=150, distances=None, targets=None, read_floor=0.0):
         counts = sp.csr_matrix(counts, dtype=np.float64)
         self.sample_ids = np.asarray([str(s) for s in sample_ids], dtype=object)
         self.feature_ids = np.asarray([str(f) for f in feature_ids], dtype=object)
@@ -64,6 +64,9 @@ class AmpliconData:
                 '--p-min-frequency 1`.')
         self.max_asvs = int(max_asvs)
         self.max_bp = int(max_bp)
+        if not 0.0 <= float(read_floor) < 1.0:
+            raise ValueError(f'read_floor is a relative abundance in [0, 1), not {read_floor}.')
+        self.read_floor = float(read_floor)
         self.tokens = torch.from_numpy(
             encode_sequences(sequences, self.feature_ids, max_bp).astype(np.int64))  # (F, L)
         self.lengths = (self.tokens != PAD).sum(dim=1)                               # (F,)
@@ -115,6 +118,20 @@ class AmpliconData:
     def asvs_per_sample(self):
         return np.array([len(a) for a in self.asvs])
 
+    def read_whole(self, row):
+        """One sample's ASVs and relative abundances as a batch that is not rarefied reads
+        them: those below ``read_floor`` left out (the most abundant one always kept).
+
+        Why: a model trained on subsamples of about D reads each epoch seldom saw an ASV
+        below one read in D, so prediction reads a sample as training showed it (the floor
+        is 1 / D, set by fit; 0 reads every ASV). The abundances stay those of the whole
+        sample, as a subsample's do on average."""
+        asvs, abundances = self.asvs[row], self.abundances[row]
+        if self.read_floor > 0:
+            kept = max(1, int(np.count_nonzero(abundances >= self.read_floor)))
+            asvs, abundances = asvs[:kept], abundances[:kept]     # most abundant first
+        return asvs, abundances
+
     def rarefied(self, row, depth, rng):
         """One sample's ASVs and relative abundances after subsampling its reads to about
         ``depth`` (each read kept with probability depth / reads, binomially).
@@ -151,8 +168,8 @@ class AmpliconData:
             drawn = [self.rarefied(i, *rarefy) for i in samples]
             lists, abundances = [d[0] for d in drawn], [d[1] for d in drawn]
         else:
-            lists = [self.asvs[i] for i in samples]
-            abundances = [self.abundances[i] for i in samples]
+            whole = [self.read_whole(i) for i in samples]
+            lists, abundances = [w[0] for w in whole], [w[1] for w in whole]
         k = max(1, max(len(a) for a in lists))
         flat = np.concatenate(lists)
         if dedupe:
@@ -178,8 +195,8 @@ class AmpliconData:
                      None if targets is None else torch.as_tensor(targets))
 
     def used_features(self, samples):
-        """Distinct feature columns used by these samples, sorted."""
-        return np.unique(np.concatenate([self.asvs[i] for i in samples]))
+        """Distinct feature columns these samples' unrarefied batches read, sorted."""
+        return np.unique(np.concatenate([self.read_whole(i)[0] for i in samples]))
 
 
 def batch_indices(samples, batch_size, shuffle=False, seed=0, epoch=0, rank=0, world_size=1):

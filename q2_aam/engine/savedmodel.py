@@ -47,7 +47,8 @@ class SavedModel:
     ``versions`` and ``linear`` (the linear half's weight, penalty and intercept, or None).
     ``linear`` holds that half's coefficients, one row per sequence (linear.tsv);
     ``stack`` (fitted since stacking) the members' weights and calibrations, and ``tree``
-    the tree member's nodes (tree.npz).
+    the tree member's nodes (tree.npz). ``read_floor`` (fitted since it was added): the
+    relative abundance below which prediction leaves a sample's ASV out (absent: none).
     """
     config: dict
     state_dict: dict
@@ -218,6 +219,11 @@ def read_config(directory):
                              'it, or train again.')
     if config['task'] == 'regression':
         _check_target_scale(config.get('target_mean'), config.get('target_std'))
+    floor = config.get('read_floor', 0.0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or \
+            not 0.0 <= floor < 1.0:
+        raise ModelFileError(f'config.json: read_floor must be a relative abundance in '
+                             f'[0, 1), not {floor!r}.')
     _check_calibration(config.get('calibration'), config['task'], model_config.n_outputs)
     _check_linear_config(config.get('linear'), config['task'])
     if config.get('stack') is not None:
