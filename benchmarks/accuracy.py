@@ -310,6 +310,12 @@ def pretrain_product(ds, rows, params, threads=0):
                         **params)
 
 
+def repeats_subjects(ds):
+    """Whether the row's subjects repeat (its folds hold out whole groups): where the
+    README tells users to pass fit's groups column."""
+    return DATASETS[RAREFIED.get(ds.name, ds.name)][3] is not None
+
+
 def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=False):
     """The shipped fit on the training rows, the shipped predict on the test rows. Also
     returns (info['derived']) what the stack's members predict: the transformer ensemble
@@ -327,7 +333,7 @@ def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=Fal
     values = truth.astype(float) if ds.task == 'regression' else \
         np.asarray(ds.classes, dtype=object)[truth.astype(int)]
     groups = None
-    if DATASETS.get(ds.name, RAREFIED.get(ds.name, (None,) * 4))[3] is not None:
+    if repeats_subjects(ds):
         groups = _metadata_column(ds, train_rows, ds.groups[train_rows].astype(str), 'subject')
     column = _metadata_column(ds, train_rows, values, ds.target)
     params = {'epochs': 12, **v.params} if quick else v.params
@@ -423,11 +429,13 @@ def run_rf(v, ds, train_rows, test_rows, fold):
 def run_linear(v, ds, train_rows, test_rows):
     """The linear half of q2-aam's fitted model (q2_aam/engine/linear.py): RidgeCV /
     LogisticRegressionCV on log relative abundance, the penalty chosen by cross-validation
-    inside the training rows only."""
+    inside the training rows only (whole subjects per fold where they repeat, as fit does
+    given its groups column)."""
     from q2_aam.engine.linear import fit_linear, linear_outputs
     t0 = time.perf_counter()
     model = fit_linear(ds.counts[train_rows], list(ds.sequences), ds.y[train_rows], ds.task,
-                       None if ds.task == 'regression' else len(ds.classes))
+                       None if ds.task == 'regression' else len(ds.classes),
+                       groups=ds.groups[train_rows] if repeats_subjects(ds) else None)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred, _ = linear_outputs(model, ds.counts[test_rows], list(ds.sequences))

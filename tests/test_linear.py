@@ -169,3 +169,49 @@ def test_a_damaged_linear_half_is_refused_by_name(tmp_path, damage, message):
     assert message in str(e.value)
     with pytest.raises(ModelFileError):
         savedmodel.validate(tmp_path, check_weights_too=False)
+
+
+# -- the penalty of repeated subjects: chosen on folds that keep each subject whole --------
+
+def _subjects(n_subjects=12, per=4, seed=0):
+    """Each subject carries an ASV of its own and a target of its own that nothing shared
+    predicts: a model can only memorise subjects, never predict a new one."""
+    rng = np.random.default_rng(seed)
+    seqs = SEQS + [f'ACGT{"A" * (i + 1)}' for i in range(n_subjects)]
+    counts = np.zeros((n_subjects * per, len(seqs)))
+    counts[:, :len(SEQS)] = rng.poisson(30, size=(n_subjects * per, len(SEQS)))
+    groups = np.repeat([f'subject-{i}' for i in range(n_subjects)], per)
+    for i in range(n_subjects):
+        counts[i * per:(i + 1) * per, len(SEQS) + i] = 200
+    y = np.repeat(rng.normal(0, 3, n_subjects), per) + rng.normal(0, 0.1, n_subjects * per)
+    return counts, seqs, y, groups
+
+
+def test_penalty_folds_keep_subjects_whole_and_every_class_in_training():
+    counts, seqs, y, groups = _subjects()
+    folds = linear.penalty_folds(y, 'regression', groups)
+    assert len(folds) == linear.PENALTY_FOLDS
+    for fit_rows, held in folds:
+        assert not set(groups[fit_rows]) & set(groups[held])
+    assert linear.penalty_folds(y, 'regression', None) is None
+    # a class held by one subject: the fold that holds it out cannot score, and is dropped
+    classes = (np.arange(len(y)) >= 4).astype(int)          # class 0: subject-0 alone
+    kept = linear.penalty_folds(classes, 'classification', groups)
+    assert len(kept) == linear.PENALTY_FOLDS - 1
+    assert all(set(classes[a]) == {0, 1} for a, _ in kept)
+
+
+def test_with_groups_the_penalty_is_not_chosen_to_memorise_subjects():
+    """Without groups, folds that split a subject reward the smallest penalty (its own ASV
+    gives its target away); with them, held-out subjects show that nothing generalises and
+    the penalty is the largest tried (a ridge alpha 10,000 times larger)."""
+    counts, seqs, y, groups = _subjects()
+    split = linear.fit_linear(sp.csr_matrix(counts), seqs, y, 'regression')
+    whole = linear.fit_linear(sp.csr_matrix(counts), seqs, y, 'regression', groups=groups)
+    assert split.penalty < 10
+    assert whole.penalty == pytest.approx(linear.RIDGE_ALPHAS[-1])
+    labels = (y > np.median(y)).astype(int)
+    split = linear.fit_linear(sp.csr_matrix(counts), seqs, labels, 'classification', 2)
+    whole = linear.fit_linear(sp.csr_matrix(counts), seqs, labels, 'classification', 2,
+                              groups=groups)
+    assert whole.penalty < split.penalty      # C: smaller is the stronger penalty

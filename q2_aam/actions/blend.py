@@ -22,7 +22,7 @@ def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, c
     others = [m for m in names if m != 'transformer']
     fitted, oof = members.fit_members(
         others, counts[train_rows], seqs, targets[train_rows], task, n_classes, folds=folds,
-        seed=plan['random_seed'])
+        seed=plan['random_seed'], groups=None if group_of is None else group_of[train_rows])
     for m in others:
         inputs.note(_member_note(m, fitted[m], task))
     if plan['blend'] == 'fixed':

@@ -19,6 +19,7 @@ PSEUDO_ABUNDANCE = 1e-5
 RIDGE_ALPHAS = np.logspace(-3, 5, 30)
 LOGISTIC_CS = 10
 LOGISTIC_MAX_ITER = 5000
+PENALTY_FOLDS = 5
 # a class the training samples lack gets this logit: its probability is ~e^-50, not NaN
 ABSENT_CLASS_LOGIT = -50.0
 
@@ -59,9 +60,30 @@ def log_abundance(counts, columns, n_columns):
     return summed
 
 
-def fit_linear(counts, sequences, targets, task, n_classes=None):
+def penalty_folds(targets, task, groups):
+    """The folds the penalty is chosen on when samples repeat a subject: whole groups per
+    fold (stratified by class), so the penalty is judged on subjects it did not see. None
+    (scikit-learn's own folds) without groups, or with too few groups to deal."""
+    if groups is None:
+        return None
+    from .folds import FoldError, cross_fit_folds
+    k = min(PENALTY_FOLDS, len(np.unique(np.asarray(groups, dtype=object).astype(str))))
+    try:
+        folds = cross_fit_folds(len(targets), k, groups=groups,
+                                stratify=targets if task == 'classification' else None)
+    except FoldError:
+        return None
+    if task == 'classification':    # a fold whose training side lacks a class cannot score
+        every = len(np.unique(targets))
+        folds = [(a, b) for a, b in folds if len(np.unique(targets[a])) == every]
+    return folds if len(folds) >= 2 else None
+
+
+def fit_linear(counts, sequences, targets, task, n_classes=None, groups=None):
     """RidgeCV (regression) or LogisticRegressionCV (classes 0..n_classes-1) on the
-    training samples' log relative abundance; deterministic."""
+    training samples' log relative abundance; deterministic. With ``groups`` (each
+    sample's subject) the penalty is chosen on folds that keep subjects whole: folds that
+    split a subject reward the penalty that memorises it."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     counts = sp.csr_matrix(counts)
     used = np.asarray(counts.sum(axis=0)).ravel() > 0
@@ -77,7 +99,8 @@ def fit_linear(counts, sequences, targets, task, n_classes=None):
         from sklearn.exceptions import ConvergenceWarning
         warnings.simplefilter('ignore', category=ConvergenceWarning)
         if task == 'regression':
-            est = RidgeCV(alphas=RIDGE_ALPHAS).fit(X, y.astype(np.float64))
+            folds = penalty_folds(y, task, groups)
+            est = RidgeCV(alphas=RIDGE_ALPHAS, cv=folds).fit(X, y.astype(np.float64))
             coef, intercept = est.coef_.reshape(-1, 1), np.array([float(est.intercept_)])
             return LinearModel(task, known, coef, intercept, float(est.alpha_))
         y = y.astype(int)
@@ -89,7 +112,8 @@ def fit_linear(counts, sequences, targets, task, n_classes=None):
             intercept[present] = 0.0
             return LinearModel(task, known, coef, intercept, float('nan'))
         if smallest >= 2:
-            est = LogisticRegressionCV(Cs=LOGISTIC_CS, cv=int(min(5, smallest)),
+            folds = penalty_folds(y, task, groups)
+            est = LogisticRegressionCV(Cs=LOGISTIC_CS, cv=folds or int(min(5, smallest)),
                                        max_iter=LOGISTIC_MAX_ITER).fit(X, y)
             penalty = float(np.ravel(est.C_)[0])
         else:                       # a class of one sample cannot be cross-validated

@@ -12,9 +12,9 @@ from .linear import fit_linear, linear_outputs
 from .trees import fit_trees, tree_outputs
 
 
-def _fit(name, counts, sequences, targets, task, n_classes, seed):
+def _fit(name, counts, sequences, targets, task, n_classes, seed, groups):
     if name == 'linear':
-        return fit_linear(counts, sequences, targets, task, n_classes)
+        return fit_linear(counts, sequences, targets, task, n_classes, groups=groups)
     return fit_trees(counts, sequences, targets, task, n_classes, seed=seed)
 
 
@@ -25,12 +25,16 @@ def member_outputs(name, model, counts, sequences):
     return tree_outputs(model, counts, sequences)
 
 
-def fit_members(names, counts, sequences, targets, task, n_classes=None, folds=None, seed=0):
+def fit_members(names, counts, sequences, targets, task, n_classes=None, folds=None, seed=0,
+                groups=None):
     """{name: fitted member} on every row given, and, with ``folds`` ((fit rows, held-out
-    rows) pairs over those rows), {name: out-of-fold predictions} (else None)."""
+    rows) pairs over those rows), {name: out-of-fold predictions} (else None). ``groups``:
+    each row's subject, which the linear member's penalty folds keep whole."""
     counts = sp.csr_matrix(counts)
     targets = np.asarray(targets)
-    fitted = {m: _fit(m, counts, sequences, targets, task, n_classes, seed) for m in names}
+    groups = None if groups is None else np.asarray(groups, dtype=object)
+    fitted = {m: _fit(m, counts, sequences, targets, task, n_classes, seed, groups)
+              for m in names}
     if folds is None:
         return fitted, None
     held = {}
@@ -38,7 +42,8 @@ def fit_members(names, counts, sequences, targets, task, n_classes=None, folds=N
         width = () if task == 'regression' else (n_classes,)
         out = np.zeros((len(targets),) + width)
         for fit_rows, held_rows in folds:
-            part = _fit(m, counts[fit_rows], sequences, targets[fit_rows], task, n_classes, seed)
+            part = _fit(m, counts[fit_rows], sequences, targets[fit_rows], task, n_classes, seed,
+                        None if groups is None else groups[fit_rows])
             out[held_rows] = member_outputs(m, part, counts[held_rows], sequences)
         held[m] = out
     return fitted, held
