@@ -313,7 +313,8 @@ def pretrain_product(ds, rows, params, threads=0):
 def repeats_subjects(ds):
     """Whether the row's subjects repeat (its folds hold out whole groups): where the
     README tells users to pass fit's groups column."""
-    return DATASETS[RAREFIED.get(ds.name, ds.name)][3] is not None
+    key = RAREFIED.get(ds.name, ds.name)
+    return key in DATASETS and DATASETS[key][3] is not None
 
 
 def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=False):

@@ -564,3 +564,16 @@ def test_loso_weight_reports_each_study_at_the_weight_the_others_chose(blend_scr
     assert table.loc['hiv-orientation', 'weight chosen without it'] == 0.5
     # sleep-apnea at the weight hiv's rows favour on average (0.15 at 0 and 1, 0.05 at 0.5)
     assert table.loc['sleep-apnea', 'weight chosen without it'] == 0.0
+
+
+def test_groups_reach_fit_and_the_linear_row_only_where_subjects_repeat(accuracy):
+    """The rows whose folds hold out whole subjects pass them to fit (and the linear row's
+    penalty folds), as the README tells users; other rows and ad hoc data sets pass none."""
+    from dataclasses import replace
+    ds = grouped(accuracy)
+    assert not accuracy.repeats_subjects(ds)                         # not a suite row
+    assert accuracy.repeats_subjects(replace(ds, name='sleep-apnea'))
+    assert accuracy.repeats_subjects(replace(ds, name='pd-mice-days'))
+    assert not accuracy.repeats_subjects(replace(ds, name='hiv-age'))
+    assert accuracy.repeats_subjects(replace(ds, name='moving-pictures-by-day-rarefied'))
+    assert not accuracy.repeats_subjects(replace(ds, name='moving-pictures-rarefied'))
