@@ -1,11 +1,11 @@
 """Offline: restack the kept transformer / linear / tree predictions of an accuracy.py aam
-run with candidate members (the JSON of neighbour_members.py or linear_variants.py), for
+run with candidate members (the JSON of candidate_members.py), for
 each configuration of members ('+'-joined names), scored against the forest on the same
 folds; the configuration for each study is chosen leave-one-study-out.
 
 Usage (stop 30):
   .venv/bin/python benchmarks/offline/restack_members.py benchmarks/predictions/stack \
-      /tmp/lin.json transformer+linear+tree,transformer+lin-cur+tree,transformer+lin-grp+tree
+      /tmp/lin.json transformer+linear+tree,transformer+lin+tree,transformer+lin-grp+tree
   (4 or more members: a weight grid of 0.05, the last argument)
 """
 import sys, json
@@ -14,6 +14,7 @@ import numpy as np, pandas as pd
 ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'benchmarks')); sys.path.insert(0, str(ROOT))
 from accuracy import DATASETS, score
+from restack import _member_matrix
 from q2_aam.engine import stack as S
 
 FOLDER = Path(sys.argv[1]); EXTRA = {}
@@ -26,9 +27,7 @@ STEP = float(sys.argv[4]) if len(sys.argv) > 4 else 0.05
 BASE = ('transformer', 'linear', 'tree')
 
 def mat(rows, task, classes):
-    rows = rows.sort_values('sample_id')
-    if task == 'regression': return rows['prediction'].to_numpy(float)
-    return rows[[f'p({c})' for c in classes]].to_numpy(float)
+    return _member_matrix(rows, task, classes)[1]
 
 res = {}
 for path in sorted(FOLDER.glob('*-oof.tsv')):
