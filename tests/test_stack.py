@@ -88,6 +88,21 @@ def test_a_confident_but_weak_member_does_not_carry_the_argmax():
     np.testing.assert_allclose(blend.sum(1), 1.0)
 
 
+def test_a_candidate_member_outside_the_shipped_three_is_weighed_in_the_order_given():
+    """Offline scripts (benchmarks/offline) weigh candidates next to the shipped members
+    without patching the module's MEMBERS."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=80)
+    oof = {'knn': truth + rng.normal(0, 0.1, 80), 'tree': truth + rng.normal(0, 2.0, 80),
+           'linear': rng.normal(size=80)}
+    stack = fit_stack(oof, truth, 'regression', folds=5, grid_step=0.1)
+    assert stack.members == ['linear', 'tree', 'knn']
+    assert stack.weights[2] == max(stack.weights) and stack.weights[2] >= 0.8
+    assert all(abs(w * 10 - round(w * 10)) < 1e-9 for w in stack.weights)   # the 0.1 grid
+    np.testing.assert_allclose(apply_stack(stack, oof), sum(
+        w * oof[m] for m, w in zip(stack.members, stack.weights)))
+
+
 def test_a_stack_round_trips_through_its_config_and_is_checked():
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 3, 50)

@@ -70,9 +70,8 @@ for path in sorted(FOLDER.glob('*-oof.tsv')):
         for m in list(BASE) + list(ex):
             per.setdefault(m, []).append(sc(testm[m]))
         for cfg in CONFIGS:
-            S.MEMBERS = tuple(cfg)
-            S.GRID_STEP = STEP if len(cfg) > 3 else 0.02
-            st = S.fit_stack({m: oofm[m] for m in cfg}, y, task)
+            st = S.fit_stack({m: oofm[m] for m in cfg}, y, task,
+                             grid_step=STEP if len(cfg) > 3 else S.GRID_STEP)
             per.setdefault('+'.join(cfg), []).append(sc(S.apply_stack(st, {m: testm[m] for m in cfg})))
             per.setdefault('W:' + '+'.join(cfg), []).append(st.weights)
     res[row] = per

@@ -82,13 +82,19 @@ def scores(task, predicted, truth):
             'log_loss': float(_loss(task, predicted[None], truth)[0])}
 
 
+def _member_order(names):
+    """The shipped members in MEMBERS order, then any other (an offline candidate's) in
+    the order given."""
+    return [m for m in MEMBERS if m in names] + [m for m in names if m not in MEMBERS]
+
+
 def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
-              shrink_samples=SHRINK_SAMPLES, calibrate=True):
+              shrink_samples=SHRINK_SAMPLES, calibrate=True, grid_step=GRID_STEP):
     """``out_of_fold``: member name -> (n,) values or (n, C) probabilities, one honest
-    prediction per training sample. Returns the Stack. ``shrink_samples`` and
-    ``calibrate`` (a classifier's members and blend) are fit's fixed choices; other values
-    compare rules on kept out-of-fold predictions."""
-    names = [m for m in MEMBERS if m in out_of_fold]
+    prediction per training sample. Returns the Stack. ``shrink_samples``, ``calibrate``
+    (a classifier's members and blend) and ``grid_step`` are fit's fixed choices; other
+    values compare rules, or candidate members, on kept out-of-fold predictions."""
+    names = _member_order(list(out_of_fold))
     truth = np.asarray(truth)
     calibration = None
     preds = {m: np.asarray(out_of_fold[m], np.float64) for m in names}
@@ -101,7 +107,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
         preds = {m: softmax(apply_class_calibration(_log_probabilities(preds[m]),
                                                     calibration[m])) for m in names}
     stacked = np.stack([preds[m] for m in names])                    # (M, n[, C])
-    grid = simplex_grid(len(names))                                  # (G, M)
+    grid = simplex_grid(len(names), grid_step)                       # (G, M)
     blended = np.tensordot(grid, stacked, axes=1)                    # (G, n[, C])
     losses = _loss(task, blended, truth)
     best = grid[int(np.argmin(losses))]
