@@ -529,19 +529,34 @@ def test_each_member_trains_without_its_fold(trained_samples):
         assert fitted == every - set(rows.index[rows['fold'] == m]), m
 
 
+def _calibrated(p, cal):
+    from q2_aam.engine.calibration import log_softmax
+    p = np.maximum(p, 1e-4)
+    p = np.log(p / p.sum(1, keepdims=True))
+    return np.exp(log_softmax(log_softmax(p) / cal['temperature'] + np.array(cal['bias'])))
+
+
 def test_predictions_are_the_stack_of_the_members(stacked):
+    """Each member calibrated (the transformers model by model, then averaged, as their
+    out-of-fold outputs were one model's), weighed, and the blend calibrated."""
     _, _, test_table, test_seqs = split()
     saved = stacked.view(SavedModel)
     ids, members = _members(stacked, test_table, test_seqs)
+    from q2_aam.actions.predict import member_predictions
     from q2_aam.engine.calibration import log_softmax
+    _, each = member_predictions(saved, test_table.view(biom_table().__class__),
+                                 test_seqs.view(pd.Series), each_model=True)
+    assert each['transformer'].shape == (3,) + members['transformer'].shape
+    np.testing.assert_allclose(each['transformer'].mean(0), members['transformer'], rtol=1e-9)
     stack = saved.config['stack']
+    assert stack['calibrate_each_model'] is True
     parts = []
     for m, w in zip(stack['members'], stack['weights']):
         cal = stack['calibration'][m]
-        p = np.maximum(members[m], 1e-4)
-        p = np.log(p / p.sum(1, keepdims=True))
-        parts.append(w * np.exp(log_softmax(log_softmax(p) / cal['temperature']
-                                            + np.array(cal['bias']))))
+        if m == 'transformer':
+            parts.append(w * np.mean([_calibrated(p, cal) for p in each[m]], axis=0))
+        else:
+            parts.append(w * _calibrated(members[m], cal))
     blend = np.log(np.maximum(sum(parts), 1e-4))
     cal = stack['blend_calibration']
     expected = np.exp(log_softmax(log_softmax(blend) / cal['temperature'] + np.array(cal['bias'])))
@@ -680,6 +695,29 @@ def test_a_model_saved_before_stacking_predicts_as_it_did(name, kind, prediction
         got = _probabilities(model, test_table, test_seqs)
         np.testing.assert_allclose(got.loc[expected.index, expected.columns].to_numpy(),
                                    expected.to_numpy(), rtol=1e-9, atol=1e-15)
+
+
+def test_a_calibrated_stack_saved_before_per_model_calibration_predicts_as_it_did():
+    """A stacked classifier written before 2026-12-07 (its three transformers calibrated as
+    their average) predicts as it did; the same model marked as calibrating model by model
+    predicts otherwise, so this test sees which rule a model is read with."""
+    from q2_aam.actions.predict import predict_probabilities as predict_action
+    model = qiime2.Artifact.import_data('AAMModel[AAMClassifier]',
+                                        str(LEGACY / 'calibrated-stacked-classifier'))
+    saved = model.view(SavedModel)
+    assert saved.ensemble_size == 3 and saved.config['stack']['calibration']
+    assert 'calibrate_each_model' not in saved.config['stack']
+    _, _, test_table, test_seqs = split()
+    expected = pd.read_csv(LEGACY / 'calibrated-stacked-classifier-probabilities.tsv',
+                           sep='\t', index_col=0, float_precision='round_trip')
+    got = _probabilities(model, test_table, test_seqs)
+    np.testing.assert_allclose(got.loc[expected.index, expected.columns].to_numpy(),
+                               expected.to_numpy(), rtol=1e-9, atol=1e-15)
+    saved.config['stack']['calibrate_each_model'] = True
+    other = predict_action(saved, test_table.view(biom_table().__class__),
+                           test_seqs.view(pd.Series))
+    assert np.abs(other.loc[expected.index, expected.columns].to_numpy()
+                  - expected.to_numpy()).max() > 1e-3
 
 
 @pytest.mark.parametrize('deep, predictions', [

@@ -1,5 +1,7 @@
 """The stack (engine/stack.py), the tree member (engine/trees.py), the folds
 (engine/folds.py), and fit choosing, on planted signals, the member built to read each."""
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -101,6 +103,65 @@ def test_a_candidate_member_outside_the_shipped_three_is_weighed_in_the_order_gi
     assert all(abs(w * 10 - round(w * 10)) < 1e-9 for w in stack.weights)   # the 0.1 grid
     np.testing.assert_allclose(apply_stack(stack, oof), sum(
         w * oof[m] for m, w in zip(stack.members, stack.weights)))
+
+
+def _overconfident_models(rng, n, models=5):
+    """Binary truth and ``models`` models that each see it through their own noise and
+    are sure of themselves: (n,) and (models, n, 2)."""
+    truth = rng.integers(0, 2, n)
+    signal = np.where(truth == 1, 1.0, -1.0)
+    logits = 4.0 * (signal[None] + rng.normal(0, 1.2, (models, n)))
+    p1 = 1 / (1 + np.exp(-logits))
+    return truth, np.stack([1 - p1, p1], axis=-1)
+
+
+def test_an_ensemble_member_is_calibrated_model_by_model_as_its_out_of_fold_outputs_were():
+    """Out-of-fold outputs each come from one model, so the calibration fitted on them is
+    one model's; applied to the ensemble's (softer) average it over-softens it. Calibrating
+    each model, then averaging, predicts new samples with a lower log loss."""
+    rng = np.random.default_rng(5)
+    truth, oof_models = _overconfident_models(rng, 400)
+    one_each = oof_models[rng.integers(0, 5, 400), np.arange(400)]   # (n, 2): one model each
+    stack = fit_stack({'transformer': one_each}, truth, 'classification', folds=5)
+    assert stack.calibrate_each_model and stack.calibration['transformer']['temperature'] > 2
+    new_truth, new_models = _overconfident_models(rng, 2000)
+    by_model = apply_stack(stack, {'transformer': new_models})
+    averaged = dataclasses.replace(stack, calibrate_each_model=False)
+    of_average = apply_stack(averaged, {'transformer': new_models})
+    np.testing.assert_allclose(of_average, apply_stack(
+        averaged, {'transformer': new_models.mean(0)}))   # the old rule: the mean, calibrated
+
+    def log_loss(p):
+        return -np.log(p[np.arange(len(new_truth)), new_truth]).mean()
+    assert log_loss(by_model) < log_loss(of_average) - 0.02
+    # and by hand: each model calibrated, then the average, then the blend's calibration
+    from q2_aam.engine.calibration import apply_class_calibration, softmax
+    each = np.mean([softmax(apply_class_calibration(
+        np.log(np.maximum(p, 1e-4) / np.maximum(p, 1e-4).sum(1, keepdims=True)),
+        stack.calibration['transformer'])) for p in new_models], axis=0)
+    again = softmax(apply_class_calibration(np.log(np.maximum(each, 1e-4) / np.maximum(
+        each, 1e-4).sum(1, keepdims=True)), stack.blend_calibration))
+    np.testing.assert_allclose(by_model, again, rtol=1e-9)
+
+
+def test_calibrating_model_by_model_is_recorded_and_old_stacks_keep_the_old_rule():
+    rng = np.random.default_rng(6)
+    truth, models = _overconfident_models(rng, 60)
+    stack = fit_stack({'transformer': models[0], 'linear': models[1]}, truth,
+                      'classification', folds=5)
+    config = stack.to_config()
+    assert config['calibrate_each_model'] is True
+    check_stack_config(config, 'classification', 2)
+    assert Stack.from_config(config, 'classification').calibrate_each_model
+    old = {k: v for k, v in config.items() if k != 'calibrate_each_model'}
+    assert not Stack.from_config(old, 'classification').calibrate_each_model
+    with pytest.raises(ValueError, match='calibrate_each_model'):
+        check_stack_config({**config, 'calibrate_each_model': 'yes'}, 'classification', 2)
+    # uncalibrated and regression stacks have nothing to calibrate model by model
+    assert not fit_stack({'linear': models[1]}, truth, 'classification',
+                         calibrate=False).calibrate_each_model
+    assert 'calibrate_each_model' not in fit_stack(
+        {'linear': rng.normal(size=60)}, rng.normal(size=60), 'regression').to_config()
 
 
 def test_a_stack_round_trips_through_its_config_and_is_checked():

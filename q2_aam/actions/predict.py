@@ -39,12 +39,15 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
         torch.set_num_threads(threads_setting(threads))
     counts, _, seqs, data = _read(model, table, sequences)
     index = pd.Index(data.sample_ids, name='id')
-    out = _transformer_outputs(model, data, batch_size, device)
     if 'stack' in model.config:
         stack = stack_module.Stack.from_config(model.config['stack'], model.task)
+        out = _transformer_outputs(model, data, batch_size, device,
+                                   each_model=stack.calibrate_each_model)
         out = stack_module.apply_stack(stack, _member_outputs(model, out, counts, seqs, index))
-    elif model.linear is not None:        # a model fitted before stacking: as it predicted
-        out = _with_linear_half(model, out, counts, seqs, index)
+    else:
+        out = _transformer_outputs(model, data, batch_size, device)
+        if model.linear is not None:    # a model fitted before stacking: as it predicted
+            out = _with_linear_half(model, out, counts, seqs, index)
     _check_finite(out.reshape(len(out), -1).sum(axis=1), index)
     return index, out
 
@@ -60,15 +63,19 @@ def _read(model, table, sequences):
     return counts, feature_ids, seqs, data
 
 
-def _transformer_outputs(model, data, batch_size, device):
+def _transformer_outputs(model, data, batch_size, device, each_model=False):
     """The transformer ensemble's predictions: values on the target's scale, or class
-    probabilities (a model from before stacking applies its members' calibration)."""
+    probabilities (a model from before stacking applies its members' calibration). With
+    ``each_model`` a classifier's are each model's, (models, n, C), for a stack that
+    calibrates them one by one."""
     device = resolve_device(device) if isinstance(device, str) else device
     outputs = [engine_predict(member, data, batch_size=batch_size, device=device)['prediction']
                for member in model.build_models()]
     if model.task == 'classification' and model.config.get('calibration'):
         outputs = [calibration.apply_class_calibration(raw, model.config['calibration'])
                    for raw in outputs]
+    if model.task == 'classification' and each_model:
+        return np.stack([class_probabilities(raw) for raw in outputs])
     raw = outputs[0] if len(outputs) == 1 else average_predictions(outputs, model.task)
     if model.task == 'regression':
         return raw[:, 0] * model.config['target_std'] + model.config['target_mean']
@@ -87,12 +94,15 @@ def _member_outputs(model, transformer, counts, seqs, index):
     return outputs
 
 
-def member_predictions(model: SavedModel, table, sequences, batch_size=64, device='cpu'):
+def member_predictions(model: SavedModel, table, sequences, batch_size=64, device='cpu',
+                       each_model=False):
     """Each member's predictions of a stacked model (values, or class probabilities), by
-    member name: what the blend weighs. For comparing members and reading a model."""
+    member name: what the blend weighs. For comparing members and reading a model.
+    ``each_model``: a classifier's transformer gives each model's probabilities,
+    (models, n, C), not their average."""
     counts, _, seqs, data = _read(model, table, sequences)
     index = pd.Index(data.sample_ids, name='id')
-    transformer = _transformer_outputs(model, data, batch_size, device)
+    transformer = _transformer_outputs(model, data, batch_size, device, each_model)
     return index, _member_outputs(model, transformer, counts, seqs, index)
 
 

@@ -37,17 +37,25 @@ class Stack:
     calibration: dict = None            # classifier: member name -> {temperature, bias}
     blend_calibration: dict = None      # classifier: {temperature, bias} of the blend
     out_of_fold: dict = field(default_factory=dict)   # scores and counts, for the record
+    # a member that is an ensemble (the transformers) is calibrated model by model, then
+    # averaged; False in models saved before 2026-12-07, which calibrated the average
+    calibrate_each_model: bool = False
 
     def to_config(self):
-        return {'members': list(self.members), 'weights': [float(w) for w in self.weights],
-                'calibration': self.calibration, 'blend_calibration': self.blend_calibration,
-                'out_of_fold': self.out_of_fold}
+        config = {'members': list(self.members),
+                  'weights': [float(w) for w in self.weights],
+                  'calibration': self.calibration, 'blend_calibration': self.blend_calibration,
+                  'out_of_fold': self.out_of_fold}
+        if self.calibrate_each_model:
+            config['calibrate_each_model'] = True
+        return config
 
     @classmethod
     def from_config(cls, config, task):
         return cls(list(config['members']), [float(w) for w in config['weights']], task,
                    config.get('calibration'), config.get('blend_calibration'),
-                   config.get('out_of_fold') or {})
+                   config.get('out_of_fold') or {},
+                   bool(config.get('calibrate_each_model', False)))
 
 
 def _log_probabilities(p):
@@ -123,8 +131,10 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
               'shrinkage': float(shrink), 'chosen_weights': [float(w) for w in best],
               'scores': {**{m: scores(task, preds[m], truth) for m in names},
                          'blend': scores(task, blend, truth)}}
+    # each out-of-fold prediction came from one model, so a calibration fitted on them
+    # fits one model's outputs: an ensemble's average of several is already softer
     return Stack(names, [float(w) for w in weights], task, calibration, blend_calibration,
-                 record)
+                 record, calibrate_each_model=calibration is not None)
 
 
 def equal_stack(names, task, why):
@@ -142,14 +152,27 @@ def fixed_stack(weights, task):
                  out_of_fold={'none': 'fixed weights'})
 
 
+def _member_probabilities(stack, name, output):
+    """A classifier member's (calibrated) probabilities: (n, C), or (models, n, C) for an
+    ensemble, whose models are calibrated one by one where the stack says so and then
+    averaged."""
+    output = np.asarray(output, np.float64)
+    if output.ndim == 3 and not (stack.calibration and stack.calibrate_each_model):
+        output = output.mean(axis=0)
+    if not stack.calibration:
+        return output
+    calibrated = [softmax(apply_class_calibration(_log_probabilities(p),
+                                                  stack.calibration[name]))
+                  for p in (output if output.ndim == 3 else [output])]
+    return np.mean(calibrated, axis=0) if output.ndim == 3 else calibrated[0]
+
+
 def apply_stack(stack, outputs):
-    """``outputs``: member name -> (n,) values or (n, C) probabilities of new samples.
-    Returns the blend: values, or probabilities."""
+    """``outputs``: member name -> (n,) values or (n, C) probabilities of new samples; a
+    classifier's ensemble member may give each model's, (models, n, C). Returns the blend:
+    values, or probabilities."""
     if stack.task == 'classification':
-        parts = [softmax(apply_class_calibration(_log_probabilities(outputs[m]),
-                                                 stack.calibration[m]))
-                 if stack.calibration else np.asarray(outputs[m], np.float64)
-                 for m in stack.members]
+        parts = [_member_probabilities(stack, m, outputs[m]) for m in stack.members]
     else:
         parts = [np.asarray(outputs[m], np.float64) for m in stack.members]
     blend = sum(w * p for w, p in zip(stack.weights, parts))
@@ -175,6 +198,9 @@ def check_stack_config(config, task, n_outputs):
             or abs(sum(weights) - 1) > 1e-6:
         raise ValueError(f'it needs one weight of at least 0 per member, summing to 1; found '
                          f'{weights} for {members}.')
+    if not isinstance(config.get('calibrate_each_model', False), bool):
+        raise ValueError(f'its "calibrate_each_model" must be true or false; found '
+                         f'{config["calibrate_each_model"]!r}.')
     cals = config.get('calibration')
     if cals is not None and (task != 'classification' or set(cals) != set(members)):
         raise ValueError('only a classifier\'s members are calibrated, each of them.')
