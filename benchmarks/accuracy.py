@@ -365,7 +365,13 @@ def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=Fal
     stack = model.config['stack']
     info['weights'] = dict(zip(stack['members'], stack['weights']))
     with contextlib.redirect_stdout(io.StringIO()):
-        _, members = member_predictions(model, test_table, test_seqs)
+        _, members = member_predictions(model, test_table, test_seqs, each_model=True)
+    if ds.task == 'classification':        # (models, n, C): each model's probabilities
+        import pandas as pd
+        info['transformer_models'] = [
+            _class_matrix(ds, pd.DataFrame(p, columns=model.config['labels']))
+            for p in members['transformer']]
+        members['transformer'] = members['transformer'].mean(axis=0)
     derived = {'transformer': members['transformer']}
     others = [m for m in stack['members'] if m != 'transformer']
     oof = model.validation
@@ -502,6 +508,9 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     reset_peak_rss()
     scores, train_s, pred_sps, train_sps, extra, per_sample = [], [], [], [], [], []
     derived = {}     # the product's members and partial blends, scored on the same folds
+    # a classifier's transformer models one by one (not scored): restack.py calibrates them
+    # as predict does
+    per_model = []
     out_of_fold = []     # the product's out-of-fold tables, one per fold
     for fold, (tr, te) in splits:
         t0 = time.perf_counter()
@@ -517,6 +526,9 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
                 out_of_fold.append(info['out_of_fold'].rename(columns={'fold': 'inner_fold'})
                                    .reset_index().assign(dataset=ds.name, model=name,
                                                          fold=fold))
+            for k, each in enumerate(info.get('transformer_models', [])):
+                per_model += prediction_rows(ds, f'{name}:transformer-model-{k}', fold, te,
+                                             each)
             for other, other_pred in info.get('derived', {}).items():
                 derived.setdefault(other, []).append(
                     (score(ds.y[te], other_pred, ds.classes),
@@ -546,6 +558,7 @@ def evaluate(name, variant, ds, splits, quick=False, log=print):
     row['train_sps'] = float(np.nanmean(train_sps))
     row['predict_sps'] = float(np.mean(pred_sps))
     row['out_of_fold'] = out_of_fold
+    row['per_model'] = per_model
     row['derived'] = []
     for other, folds in derived.items():
         sub = {'dataset': ds.name, 'target': ds.target, 'model': f'{name}:{other}',
@@ -593,7 +606,8 @@ def write_predictions(path, rows, split_seed):
     """Append every row's per-sample predictions to a TSV (header written once)."""
     import csv
     path = Path(path)
-    records = [dict(split_seed=split_seed, **rec) for r in rows for rec in r['per_sample']]
+    records = [dict(split_seed=split_seed, **rec) for r in rows
+               for rec in r['per_sample'] + r.get('per_model', [])]
     if not records:
         return
     fields = list(dict.fromkeys(k for rec in records for k in rec))

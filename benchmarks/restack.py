@@ -34,6 +34,9 @@ RULES = {
     'no-calibration-shrink-0': dict(calibrate=False, shrink_samples=0),
     'equal': None,
     'without-transformer': dict(members=('linear', 'tree')),
+    # the rule before 2026-12-07: the transformers' calibration applied to their average
+    # (needs the run's per-model rows; without them every rule calibrates the average)
+    'calibrate-average': dict(calibrate_each_model=False),
 }
 
 
@@ -57,6 +60,16 @@ def _records(row, fold, ids, truth_names, pred, task, classes, model):
             rec.update({f'p({c})': float(q) for c, q in zip(classes, pred[k])})
         out.append(rec)
     return out
+
+
+def _each_model(rows, task, classes):
+    """A classifier's transformer models' test probabilities one by one, (models, n, C),
+    where the run kept them (accuracy.py since 2026-12-07); else None."""
+    names = sorted(m for m in rows['model'].unique() if ':transformer-model-' in m)
+    if task != 'classification' or not names:
+        return None
+    return np.stack([_member_matrix(rows[rows['model'] == m], task, classes)[1]
+                     for m in names])
 
 
 RECORDS = []     # every rule's per-sample predictions, for --write
@@ -90,6 +103,9 @@ def rule_scores(folder, transformer_from=None):
             members, ids = {}, None
             for m, model in MEMBERS.items():
                 ids, members[m] = _member_matrix(t[t['model'] == model], task, classes)
+            each = _each_model(t, task, classes)
+            if each is not None:          # a classifier's transformers, model by model
+                members['transformer'] = each
             truth_rows = t[t['model'] == 'rf'].sort_values('sample_id')
             truth = truth_rows['truth'].to_numpy()
             if task == 'classification':
@@ -102,7 +118,7 @@ def rule_scores(folder, transformer_from=None):
                 y = held['truth'].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
                 oof_m = {m: held[[f'prob:{m}:{c}' for c in labels]].to_numpy(float)
                          for m in MEMBERS}
-                test_m = {m: members[m][:, col] for m in MEMBERS}
+                test_m = {m: members[m][..., col] for m in MEMBERS}
             else:
                 y = held['truth'].to_numpy(float)
                 oof_m = {m: held[f'prediction:{m}'].to_numpy(float) for m in MEMBERS}
@@ -127,8 +143,11 @@ def rule_scores(folder, transformer_from=None):
                 else:
                     rule = dict(rule)
                     names = rule.pop('members', tuple(MEMBERS))
+                    each_model = rule.pop('calibrate_each_model', None)
                     stack = stack_module.fit_stack({m: oof_m[m] for m in names}, y, task,
                                                    **rule)
+                    if each_model is not None:
+                        stack.calibrate_each_model = each_model
                 if name == 'shipped':
                     WEIGHTS.setdefault(row, []).append(dict(zip(stack.members, stack.weights)))
                 per.setdefault(name, []).append(scored(

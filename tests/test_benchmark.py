@@ -514,6 +514,29 @@ def test_the_aam_row_is_the_shipped_fit_and_predict(accuracy):
     for other in info['derived'].values():
         assert other.shape == (6, 4)
         np.testing.assert_allclose(other.sum(1), 1.0, rtol=1e-6)
+    # each transformer model's probabilities are kept, for restack.py to calibrate one by
+    # one as predict does; their average is the ensemble's
+    assert len(info['transformer_models']) == 2
+    assert all(p.shape == (6, 4) for p in info['transformer_models'])
+    np.testing.assert_allclose(np.mean(info['transformer_models'], axis=0),
+                               info['derived']['transformer'], rtol=1e-9)
+
+
+def test_restack_reads_each_transformer_model_where_the_run_kept_them():
+    import sys
+    import pandas as pd
+    sys.path.insert(0, str(SCRIPT.parent))
+    import restack
+    rows = pd.DataFrame({
+        'model': ['aam:transformer-model-1'] * 2 + ['aam:transformer-model-0'] * 2
+        + ['aam:transformer'] * 2,
+        'sample_id': ['b', 'a'] * 3, 'p(x)': [0.1, 0.2, 0.3, 0.4, 0.5, 0.5],
+        'p(y)': [0.9, 0.8, 0.7, 0.6, 0.5, 0.5]})
+    each = restack._each_model(rows, 'classification', ['x', 'y'])
+    np.testing.assert_allclose(each, [[[0.4, 0.6], [0.3, 0.7]], [[0.2, 0.8], [0.1, 0.9]]])
+    assert restack._each_model(rows[rows.model == 'aam:transformer'], 'classification',
+                               ['x', 'y']) is None
+    assert restack._each_model(rows, 'regression', None) is None
 
 
 @pytest.fixture(scope='module')
