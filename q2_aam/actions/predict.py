@@ -39,15 +39,14 @@ def _predict_outputs(model: SavedModel, table, sequences, batch_size, device, th
         torch.set_num_threads(threads_setting(threads))
     counts, _, seqs, data = _read(model, table, sequences)
     index = pd.Index(data.sample_ids, name='id')
-    if 'stack' in model.config:
-        stack = stack_module.Stack.from_config(model.config['stack'], model.task)
-        out = _transformer_outputs(model, data, batch_size, device,
-                                   each_model=stack.calibrate_each_model)
+    stack = (stack_module.Stack.from_config(model.config['stack'], model.task)
+             if 'stack' in model.config else None)
+    out = _transformer_outputs(model, data, batch_size, device,
+                               each_model=stack is not None and stack.calibrate_each_model)
+    if stack is not None:
         out = stack_module.apply_stack(stack, _member_outputs(model, out, counts, seqs, index))
-    else:
-        out = _transformer_outputs(model, data, batch_size, device)
-        if model.linear is not None:    # a model fitted before stacking: as it predicted
-            out = _with_linear_half(model, out, counts, seqs, index)
+    elif model.linear is not None:        # a model fitted before stacking: as it predicted
+        out = _with_linear_half(model, out, counts, seqs, index)
     _check_finite(out.reshape(len(out), -1).sum(axis=1), index)
     return index, out
 

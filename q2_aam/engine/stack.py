@@ -63,6 +63,11 @@ def _log_probabilities(p):
     return np.log(p / p.sum(axis=1, keepdims=True))
 
 
+def _calibrated(p, calibration):
+    """(n, C) probabilities -> the same, calibrated."""
+    return softmax(apply_class_calibration(_log_probabilities(p), calibration))
+
+
 def simplex_grid(m, step=GRID_STEP):
     """Every weight vector of ``m`` members on a grid of ``step``: (points, m)."""
     n = int(round(1 / step))
@@ -112,8 +117,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
         n_classes = preds[names[0]].shape[1]
         calibration = {m: fit_class_calibration(_log_probabilities(preds[m]), truth, n_classes)
                        for m in names}
-        preds = {m: softmax(apply_class_calibration(_log_probabilities(preds[m]),
-                                                    calibration[m])) for m in names}
+        preds = {m: _calibrated(preds[m], calibration[m]) for m in names}
     stacked = np.stack([preds[m] for m in names])                    # (M, n[, C])
     grid = simplex_grid(len(names), grid_step)                       # (G, M)
     blended = np.tensordot(grid, stacked, axes=1)                    # (G, n[, C])
@@ -126,7 +130,7 @@ def fit_stack(out_of_fold, truth, task, folds=None, grouped=False,
     if task == 'classification' and calibrate:
         blend_calibration = fit_class_calibration(_log_probabilities(blend), truth,
                                                   blend.shape[1])
-        blend = softmax(apply_class_calibration(_log_probabilities(blend), blend_calibration))
+        blend = _calibrated(blend, blend_calibration)
     record = {'samples': int(len(truth)), 'folds': folds, 'grouped': bool(grouped),
               'shrinkage': float(shrink), 'chosen_weights': [float(w) for w in best],
               'scores': {**{m: scores(task, preds[m], truth) for m in names},
@@ -157,14 +161,11 @@ def _member_probabilities(stack, name, output):
     ensemble, whose models are calibrated one by one where the stack says so and then
     averaged."""
     output = np.asarray(output, np.float64)
-    if output.ndim == 3 and not (stack.calibration and stack.calibrate_each_model):
+    if output.ndim == 3:
+        if stack.calibration and stack.calibrate_each_model:
+            return np.mean([_calibrated(p, stack.calibration[name]) for p in output], axis=0)
         output = output.mean(axis=0)
-    if not stack.calibration:
-        return output
-    calibrated = [softmax(apply_class_calibration(_log_probabilities(p),
-                                                  stack.calibration[name]))
-                  for p in (output if output.ndim == 3 else [output])]
-    return np.mean(calibrated, axis=0) if output.ndim == 3 else calibrated[0]
+    return _calibrated(output, stack.calibration[name]) if stack.calibration else output
 
 
 def apply_stack(stack, outputs):
@@ -177,8 +178,7 @@ def apply_stack(stack, outputs):
         parts = [np.asarray(outputs[m], np.float64) for m in stack.members]
     blend = sum(w * p for w, p in zip(stack.weights, parts))
     if stack.task == 'classification' and stack.blend_calibration:
-        blend = softmax(apply_class_calibration(_log_probabilities(blend),
-                                                stack.blend_calibration))
+        blend = _calibrated(blend, stack.blend_calibration)
     return blend
 
 
