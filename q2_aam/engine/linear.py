@@ -84,14 +84,24 @@ def fit_linear(counts, sequences, targets, task, n_classes=None, groups=None):
     training samples' log relative abundance; deterministic. With ``groups`` (each
     sample's subject) the penalty is chosen on folds that keep subjects whole: folds that
     split a subject reward the penalty that memorises it."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     counts = sp.csr_matrix(counts)
     used = np.asarray(counts.sum(axis=0)).ravel() > 0
     known = sorted({s for s, u in zip(sequences, used) if u})
     position = {s: i for i, s in enumerate(known)}
     columns = [position[s] if u else -1 for s, u in zip(sequences, used)]
     X = log_abundance(counts, columns, len(known))
+    coef, intercept, penalty = penalised_fit(X, targets, task, n_classes, groups)
+    return LinearModel(task, known, coef, intercept, penalty)
+
+
+def penalised_fit(X, targets, task, n_classes=None, groups=None):
+    """(coef (features, outputs), intercept (outputs,), penalty) of RidgeCV or
+    LogisticRegressionCV on the features ``X``, the penalty chosen by cross-validation
+    (on whole subjects with ``groups``). A classifier's outputs are logits, one per class
+    0..n_classes-1; a class the samples lack gets ABSENT_CLASS_LOGIT."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     y = np.asarray(targets)
+    features = X.shape[1]
     with warnings.catch_warnings():
         # lbfgs may stop at max_iter on separable classes: the coefficients are still the
         # penalised fit's, within tolerance; not a reason to alarm a user
@@ -101,16 +111,15 @@ def fit_linear(counts, sequences, targets, task, n_classes=None, groups=None):
         if task == 'regression':
             folds = penalty_folds(y, task, groups)
             est = RidgeCV(alphas=RIDGE_ALPHAS, cv=folds).fit(X, y.astype(np.float64))
-            coef, intercept = est.coef_.reshape(-1, 1), np.array([float(est.intercept_)])
-            return LinearModel(task, known, coef, intercept, float(est.alpha_))
+            return (est.coef_.reshape(-1, 1), np.array([float(est.intercept_)]),
+                    float(est.alpha_))
         y = y.astype(int)
         present = np.unique(y)
         smallest = np.bincount(y)[present].min()
         if len(present) < 2:        # one class: it is the only answer the data gives
-            coef = np.zeros((len(known), n_classes))
             intercept = np.full(n_classes, ABSENT_CLASS_LOGIT)
             intercept[present] = 0.0
-            return LinearModel(task, known, coef, intercept, float('nan'))
+            return np.zeros((features, n_classes)), intercept, float('nan')
         if smallest >= 2:
             folds = penalty_folds(y, task, groups)
             est = LogisticRegressionCV(Cs=LOGISTIC_CS, cv=folds or int(min(5, smallest)),
@@ -124,11 +133,11 @@ def fit_linear(counts, sequences, targets, task, n_classes=None, groups=None):
     if len(est.classes_) == 2:                # sklearn's binary model: logit of class 1
         logits = np.hstack([np.zeros_like(logits), logits])
         bias = np.array([0.0, bias[0]])
-    coef = np.zeros((len(known), n_classes))
+    coef = np.zeros((features, n_classes))
     intercept = np.full(n_classes, ABSENT_CLASS_LOGIT)
     coef[:, est.classes_] = logits
     intercept[est.classes_] = bias
-    return LinearModel(task, known, coef, intercept, penalty)
+    return coef, intercept, penalty
 
 
 def linear_outputs(model, counts, sequences):
