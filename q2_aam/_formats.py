@@ -41,12 +41,14 @@ class AAMTableFormat(model.TextFileFormat):
 
 
 class AAMTreeFormat(model.BinaryFileFormat):
-    """tree.npz: the tree member's nodes, a zip archive of plain arrays."""
+    """tree.npz (the tree member's nodes) or kmers.npz (the k-mer member's coefficients):
+    a zip archive of plain arrays."""
 
     def _validate_(self, level):
         with self.open() as fh:
             if fh.read(4) != b'PK\x03\x04':
-                raise ValidationError('tree.npz is not a numpy array archive (a zip archive).')
+                raise ValidationError(f'{self.path.name} is not a numpy array archive (a zip '
+                                      'archive).')
 
 
 class TensorBoardEventsFormat(model.BinaryFileFormat):
@@ -63,6 +65,7 @@ class AAMModelDirFmt(model.DirectoryFormat):
     validation = model.File('validation.tsv', format=AAMTableFormat)
     linear = model.File('linear.tsv', format=AAMTableFormat, optional=True)
     tree = model.File('tree.npz', format=AAMTreeFormat, optional=True)
+    kmers = model.File('kmers.npz', format=AAMTreeFormat, optional=True)
     tensorboard = model.FileCollection(r'tensorboard/.+', format=TensorBoardEventsFormat,
                                        optional=True)
 

@@ -68,6 +68,7 @@ fitting = {
                                         inclusive_end=True),
     'linear_weight': _upto(0.0, 1000.0, Float),
     'tree_weight': _upto(0.0, 1000.0, Float),
+    'kmer_weight': _upto(0.0, 1000.0, Float),
 }
 prediction = {
     'batch_size': _upto(1, 100_000),
@@ -164,20 +165,24 @@ descriptions = {
                     'whole; validation and prediction read every read.',
     'blend': 'How the members of the model are combined: its transformer ensemble, a '
              'penalised linear model on log relative abundance (ridge or logistic '
-             'regression) and a random forest. stacked (recommended): every member predicts '
+             'regression), a random forest, and a penalised linear model on each sample\'s 5-mer '
+             'profile (its ASVs\' 5-mers weighted by abundance, so a new strain is read through '
+             'its relatives). stacked (recommended): every member predicts '
              'each training sample once from a fit that did not see it (the transformer '
              'members are cross-fitted, one fold each; with groups, whole groups per fold), '
              'and those out-of-fold predictions choose non-negative weights summing to 1 '
              '(a classifier\'s members and blend are calibrated on them too). The fit log, the model and plot-validation '
              'show each member\'s out-of-fold score and weight. fixed: the weights are '
-             'transformer_weight, linear_weight and tree_weight, scaled to sum to 1, and '
-             'every transformer member fits every training sample.',
+             'transformer_weight, linear_weight, tree_weight and kmer_weight, scaled to sum '
+             'to 1, and every transformer member fits every training sample.',
     'transformer_weight': 'With blend fixed, the transformer ensemble\'s weight (relative '
                           'to the others). The transformer is always part of the model.',
     'linear_weight': 'With blend fixed, the linear member\'s weight (relative to the '
                      'others). 0 leaves the linear member out, with either blend.',
     'tree_weight': 'With blend fixed, the random forest\'s weight (relative to the others). '
                    '0 leaves the forest out, with either blend.',
+    'kmer_weight': 'With blend fixed, the k-mer member\'s weight (relative to the others). '
+                   '0 leaves the k-mer member out, with either blend.',
     'ignore_missing_samples': 'Leave out table samples missing from the distance matrix '
                               '(with a note) instead of stopping with an error.',
 }

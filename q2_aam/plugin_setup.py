@@ -140,7 +140,8 @@ plugin.methods.register_function(
                 'By default every sample trains for every epoch; with validation_size '
                 'above 0 the held-out samples choose the epoch whose weights are kept. '
                 'Each prediction blends the transformer ensemble\'s with a penalised linear '
-                'model\'s and a random forest\'s, weighed by how well each predicted the '
+                'model\'s, a random forest\'s and a penalised linear model\'s on the '
+                'samples\' 5-mer profiles, weighed by how well each predicted the '
                 'training samples it did not see (blend).',
     citations=ENGINE_CITATIONS,
     examples={'fit_classifier': _examples.fit},
@@ -215,8 +216,9 @@ plugin.methods.register_function(
     name='How much each ASV matters to each member of a model',
     description='Ranks the ASVs of a table by how much the model leans on them: the '
                 'linear member by its coefficients on standardised log abundance, the tree '
-                'member by the forest\'s impurity importance, the transformers by how far '
-                'a sample\'s prediction moves when the ASV is taken out of it (the first '
+                'member by the forest\'s impurity importance, the k-mer member by how much '
+                'each ASV\'s 5-mers move its output across the samples, the transformers by '
+                'how far a sample\'s prediction moves when the ASV is taken out of it (the first '
                 'member, averaged over the samples), and the blend (column '
                 '"importance") by the members\' importances, each scaled to sum to 1, '
                 'weighed by the stack\'s weights. These rank what the model uses; they are '

@@ -107,7 +107,7 @@ def test_fit_returns_the_importances_of_its_training_samples():
     got = importance.view(pd.DataFrame)
     again, = feature_importance(model=model, table=train_table, sequences=train_seqs)
     pd.testing.assert_frame_equal(got, again.view(pd.DataFrame))
-    assert list(got.columns) == ['importance', 'transformer', 'linear', 'tree']
+    assert list(got.columns) == ['importance', 'transformer', 'linear', 'tree', 'kmers']
     used = train_table.view(biom_table().__class__).ids('observation')
     assert set(got.index) <= set(used) and len(got) > 100
     assert got['importance'].is_monotonic_decreasing
@@ -389,7 +389,7 @@ def _member_artifact(ensemble, member):
     config = {**saved.config, 'ensemble_size': 1, 'best_epoch': saved.config['best_epoch'][member],
               'epochs_run': saved.config['epochs_run'][member]}
     single = SavedModel(config, saved.member_states()[member], linear=saved.linear,
-                        tree=saved.tree)
+                        tree=saved.tree, kmers=saved.kmers)
     return qiime2.Artifact.import_data(str(ensemble.type), single)
 
 
@@ -477,7 +477,7 @@ def test_stacked_members_predict_the_fold_each_did_not_fit(stacked):
     saved = stacked.view(SavedModel)
     n_train = 34 - len(held_out_ids())
     stack = saved.config['stack']
-    assert stack['members'] == ['transformer', 'linear', 'tree']
+    assert stack['members'] == ['transformer', 'linear', 'tree', 'kmers']
     assert all(w >= 0 for w in stack['weights']) and sum(stack['weights']) == pytest.approx(1)
     assert stack['out_of_fold']['samples'] == n_train and stack['out_of_fold']['folds'] == 3
     # the validation rows are the out-of-fold predictions: every training sample once
@@ -597,25 +597,29 @@ def test_the_fit_log_names_each_members_score_and_weight(capsys):
 
 def test_one_transformer_gets_equal_weights_and_says_why(capsys):
     saved = _fit(days()).view(SavedModel)       # ensemble_size 1
-    assert saved.config['stack']['weights'] == pytest.approx([1 / 3] * 3)
-    assert ('equal weights for transformer, linear, tree: an ensemble of one transformer has '
-            'no out-of-fold predictions') in capsys.readouterr().out
+    assert saved.config['stack']['weights'] == pytest.approx([1 / 4] * 4)
+    assert ('equal weights for transformer, linear, tree, kmers: an ensemble of one '
+            'transformer has no out-of-fold predictions') in capsys.readouterr().out
 
 
 def test_a_fixed_blend_weighs_as_told_and_members_can_be_left_out():
     _, _, test_table, test_seqs = split()
     old_style = _fit(days(), ensemble_size=2, blend='fixed', transformer_weight=1,
-                     linear_weight=3, tree_weight=0)
+                     linear_weight=3, tree_weight=0, kmer_weight=0)
     saved = old_style.view(SavedModel)
     assert saved.config['stack']['members'] == ['transformer', 'linear']
     assert saved.config['stack']['weights'] == [0.25, 0.75] and saved.tree is None
+    assert saved.kmers is None
     ids, members = _members(old_style, test_table, test_seqs)
     np.testing.assert_allclose(_predictions(old_style).loc[list(ids)].to_numpy(),
                                0.25 * members['transformer'] + 0.75 * members['linear'],
                                rtol=1e-12)
     no_linear = _fit(days(), ensemble_size=2, linear_weight=0).view(SavedModel)
-    assert no_linear.config['stack']['members'] == ['transformer', 'tree']
+    assert no_linear.config['stack']['members'] == ['transformer', 'tree', 'kmers']
     assert no_linear.linear is None and no_linear.config['linear'] is None
+    three = _fit(days(), ensemble_size=2, kmer_weight=0).view(SavedModel)   # the old stack
+    assert three.config['stack']['members'] == ['transformer', 'linear', 'tree']
+    assert three.kmers is None
     with pytest.raises(TypeError, match='transformer_weight'):
         _fit(days(), transformer_weight=0)
 
@@ -971,6 +975,8 @@ def test_a_continued_model_keeps_its_blend(capsys):
     assert continued.linear.sequences == before.linear.sequences
     np.testing.assert_array_equal(continued.linear.coef, before.linear.coef)
     np.testing.assert_array_equal(continued.tree.value, before.tree.value)
+    np.testing.assert_array_equal(continued.kmers.coef, before.kmers.coef)
+    np.testing.assert_array_equal(continued.kmers.mean, before.kmers.mean)
     weights = ', '.join(f'{m} {w:.2f}' for m, w in zip(before.config['stack']['members'],
                                                        before.config['stack']['weights']))
     assert (f'q2-aam: the blend of the model continued is kept as it was (weights {weights}); '

@@ -82,8 +82,8 @@ def test_saved_model_config_contents():
 
 def test_export_gives_a_tensorboard_folder(regressor_folder):
     assert sorted(p.name for p in regressor_folder.iterdir()) == [
-        'config.json', 'history.tsv', 'linear.tsv', 'model.pt', 'tensorboard', 'tree.npz',
-        'validation.tsv']
+        'config.json', 'history.tsv', 'kmers.npz', 'linear.tsv', 'model.pt', 'tensorboard',
+        'tree.npz', 'validation.tsv']
     events = list((regressor_folder / 'tensorboard').rglob('events.out.tfevents.*'))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

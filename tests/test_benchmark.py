@@ -509,8 +509,8 @@ def test_the_aam_row_is_the_shipped_fit_and_predict(accuracy):
     test_table, test_seqs = accuracy._views(ds, test)
     expected = accuracy._class_matrix(ds, predict_probabilities(model, test_table, test_seqs))
     np.testing.assert_allclose(pred, expected, rtol=1e-9)
-    assert set(info['weights']) == {'transformer', 'linear', 'tree'}
-    assert set(info['derived']) == {'transformer', 'without-transformer'}
+    assert set(info['weights']) == {'transformer', 'linear', 'tree', 'kmers'}
+    assert set(info['derived']) == {'transformer', 'kmers', 'without-transformer'}
     for other in info['derived'].values():
         assert other.shape == (6, 4)
         np.testing.assert_allclose(other.sum(1), 1.0, rtol=1e-6)

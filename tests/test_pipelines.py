@@ -55,7 +55,7 @@ def test_q2_sample_classifiers_visualizers_read_the_outputs(classified, tmp_path
                              group_samples=True, feature_count=10)
     assert filtered.view(pd.DataFrame).shape[1] == 10
     importance = classified.feature_importance.view(pd.DataFrame)
-    assert list(importance.columns) == ['importance', 'transformer', 'linear', 'tree']
+    assert list(importance.columns) == ['importance', 'transformer', 'linear', 'tree', 'kmers']
     assert importance['importance'].is_monotonic_decreasing
     # the heatmap ranks ASVs by the sum of the columns
     top = importance.sum(axis=1).sort_values(ascending=False).index[:10]
@@ -149,7 +149,7 @@ def test_the_planted_asvs_rank_first_for_every_member():
                             batch_size=8, embedding_dim=16, attention_heads=2, kmer_size=4,
                             threads=1, device='cpu')
     planted = {'f0', 'f1', 'f2', 'f3'}
-    for column in ('importance', 'transformer', 'linear', 'tree'):
+    for column in ('importance', 'transformer', 'linear', 'tree', 'kmers'):
         ranked = list(importance[column].sort_values(ascending=False).index)
         assert set(ranked[:2]) <= planted, \
             (column, importance[column].sort_values(ascending=False).head())
@@ -159,5 +159,5 @@ def test_feature_importance_through_the_api():
     model = fit(table=table(), sequences=rep_seqs(), metadata=days(), **QUICK).model
     importance, = feature_importance(model=model, table=table(), sequences=rep_seqs())
     frame = importance.view(pd.DataFrame)
-    assert list(frame.columns) == ['importance', 'transformer', 'linear', 'tree']
+    assert list(frame.columns) == ['importance', 'transformer', 'linear', 'tree', 'kmers']
     assert (frame.to_numpy() >= 0).all() and frame['importance'].sum() == pytest.approx(1.0)

@@ -11,13 +11,13 @@ from ..engine.predict import class_probabilities
 
 def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, continue_from,
           labels, group_of, scale):
-    """The stack (weights and calibrations), the linear and tree members fitted on every
+    """The stack (weights and calibrations), the linear, tree and k-mer members fitted on every
     training sample, and the out-of-fold table (None without folds)."""
     task, n_classes = cfg.task, (cfg.n_outputs if cfg.task == 'classification' else None)
     if continue_from is not None:
         return _continued_blend(continue_from)
     chosen = {'transformer': plan['transformer_weight'], 'linear': plan['linear_weight'],
-              'tree': plan['tree_weight']}
+              'tree': plan['tree_weight'], 'kmers': plan['kmer_weight']}
     names = [m for m in stack_module.MEMBERS if chosen[m] > 0]
     others = [m for m in names if m != 'transformer']
     fitted, oof = members.fit_members(
@@ -56,6 +56,11 @@ def _member_note(name, member, task):
         penalty = 'alpha' if task == 'regression' else 'C'
         return (f'linear member: {kind} regression on {len(member.sequences)} ASVs, penalty '
                 f'{penalty} {member.penalty:.3g} chosen by cross-validation.')
+    if name == 'kmers':
+        penalty = 'alpha' if task == 'regression' else 'C'
+        return (f'k-mer member: {"ridge" if task == "regression" else "logistic"} regression '
+                f'on {member.coef.shape[0]} {member.k}-mer frequencies, penalty {penalty} '
+                f'{member.penalty:.3g} chosen by cross-validation.')
     return (f'tree member: an ExtraTrees forest of {len(member.roots)} trees on '
             f'{len(member.sequences)} ASVs.')
 
@@ -116,6 +121,6 @@ def _continued_blend(previous):
     inputs.note('the blend of the model continued is kept as it was (weights ' + ', '.join(
         f'{m} {w:.2f}' for m, w in zip(stack.members, stack.weights)) + '); a new fit '
         'refits it.')
-    fitted = {m: getattr(previous, m) for m in ('linear', 'tree')
+    fitted = {m: getattr(previous, m) for m in ('linear', 'tree', 'kmers')
               if getattr(previous, m) is not None}
     return stack, fitted, None

@@ -1,5 +1,6 @@
 """`qiime aam fit`: a regressor or classifier of one metadata column, a stack of the
-transformer ensemble, a linear member and a tree member, and each ASV's importance to it.
+transformer ensemble, a linear member, a tree member and a k-mer member, and each ASV's
+importance to it.
 
 The transformer members are cross-fitted (member m fits all training samples but fold m and
 predicts fold m), so their out-of-fold predictions cost no extra training; blend.py weighs
@@ -56,6 +57,7 @@ def fit(
         rarefy_depth: int = D['rarefy_depth'], blend: str = D['blend'],
         transformer_weight: float = D['transformer_weight'],
         linear_weight: float = D['linear_weight'], tree_weight: float = D['tree_weight'],
+        kmer_weight: float = D['kmer_weight'],
         processes: int = D['processes'],
         compile: bool = D['compile']) -> (SavedModel, pd.DataFrame):
     arguments = dict(locals())

@@ -16,7 +16,7 @@ from ..engine import folds as folds_module
 
 # the fit settings a pipeline passes on (every other fit setting: run fit yourself)
 FIT_PASSED = ('ensemble_size', 'epochs', 'blend', 'transformer_weight', 'linear_weight',
-              'tree_weight', 'max_asvs', 'device', 'threads')
+              'tree_weight', 'kmer_weight', 'max_asvs', 'device', 'threads')
 
 
 def _samples(table, metadata, groups, missing_samples, classification):
@@ -223,6 +223,7 @@ def classify_samples(ctx, table, sequences, metadata, groups=None, pretrained=No
                      ensemble_size=D['ensemble_size'], epochs=D['epochs'], blend=D['blend'],
                      transformer_weight=D['transformer_weight'],
                      linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                     kmer_weight=D['kmer_weight'],
                      max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _pipeline(ctx, True, table, sequences, metadata, groups, pretrained, test_size,
                      random_state, True, missing_samples, _fit_params(locals()))
@@ -233,6 +234,7 @@ def regress_samples(ctx, table, sequences, metadata, groups=None, pretrained=Non
                     ensemble_size=D['ensemble_size'], epochs=D['epochs'], blend=D['blend'],
                     transformer_weight=D['transformer_weight'],
                     linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                    kmer_weight=D['kmer_weight'],
                     max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _pipeline(ctx, False, table, sequences, metadata, groups, pretrained, test_size,
                      random_state, stratify, missing_samples, _fit_params(locals()))
@@ -243,6 +245,7 @@ def classify_samples_ncv(ctx, table, sequences, metadata, groups=None, pretraine
                          ensemble_size=D['ensemble_size'], epochs=D['epochs'],
                          blend=D['blend'], transformer_weight=D['transformer_weight'],
                          linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                         kmer_weight=D['kmer_weight'],
                          max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _ncv(ctx, True, table, sequences, metadata, groups, pretrained, cv, random_state,
                 True, missing_samples, _fit_params(locals()))
@@ -253,6 +256,7 @@ def regress_samples_ncv(ctx, table, sequences, metadata, groups=None, pretrained
                         ensemble_size=D['ensemble_size'], epochs=D['epochs'],
                         blend=D['blend'], transformer_weight=D['transformer_weight'],
                         linear_weight=D['linear_weight'], tree_weight=D['tree_weight'],
+                        kmer_weight=D['kmer_weight'],
                         max_asvs=D['max_asvs'], device=D['device'], threads=D['threads']):
     return _ncv(ctx, False, table, sequences, metadata, groups, pretrained, cv, random_state,
                 stratify, missing_samples, _fit_params(locals()))

@@ -31,7 +31,7 @@ DEFAULTS = dict(
     histogram_frequency=50, processes=1, compile=False,
     ensemble_size=5,
     rarefy_depth=2000, blend='stacked', transformer_weight=1.0, linear_weight=1.0,
-    tree_weight=1.0,
+    tree_weight=1.0, kmer_weight=1.0,
 )
 D = DEFAULTS
 # fitting leaves the masked-nucleotide loss to pretraining (it costs time, the target pays)

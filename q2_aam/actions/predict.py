@@ -1,8 +1,8 @@
 """predict / predict-probabilities / feature-importance: a fitted model applied to a table.
 
 A stacked model's prediction is the weighted blend of its members' (the transformer
-ensemble's, the linear member's, the tree member's); a model fitted before stacking
-predicts as it always did (its linear half at its fixed weight).
+ensemble's, the linear member's, the tree member's, the k-mer member's); a model fitted
+before stacking predicts as it always did (its linear half at its fixed weight).
 """
 import numpy as np
 import pandas as pd
@@ -87,6 +87,8 @@ def _member_outputs(model, transformer, counts, seqs, index):
     outputs = {'transformer': transformer}
     if model.tree is not None:
         outputs['tree'] = members.member_outputs('tree', model.tree, counts, seqs)
+    if model.kmers is not None:
+        outputs['kmers'] = members.member_outputs('kmers', model.kmers, counts, seqs)
     if model.linear is not None:          # its values, and which samples share no ASV
         outputs['linear'], known = linear.linear_outputs(model.linear, counts, seqs)
         _warn_unknown(index, known)
@@ -111,7 +113,8 @@ def _warn_unknown(index, known):
         inputs.warn(f'{len(unknown)} of {len(index)} samples share no ASV (by sequence) with '
                     f'the samples the model was fitted on: {inputs.preview(unknown)}. The '
                     'linear and tree members predict the training mean (or class shares) '
-                    'for them; only the transformer reads their sequences.')
+                    'for them; only the transformers and the k-mer member read their '
+                    'sequences.')
 
 
 def _with_linear_half(model, transformer, counts, seqs, index):
@@ -176,6 +179,8 @@ def feature_importance(model: SavedModel, table: BIOMV210Format,
                                                            used_seqs)
     if model.tree is not None:
         by_member['tree'] = importance.tree_importance(model.tree, used_seqs)
+    if model.kmers is not None:
+        by_member['kmers'] = importance.kmer_importance(model.kmers, used_counts, used_seqs)
     if 'stack' in model.config:
         weights = dict(zip(model.config['stack']['members'], model.config['stack']['weights']))
     else:          # a model from before stacking: its linear weight

@@ -105,13 +105,13 @@ def saved_model(cfg, plan, results, samples, labels=None, extra=None, stack=None
                 members=None, out_of_fold=None, continued=None, read_floor=0.0):
     """One SavedModel from one training run, or from an ensemble's runs (one per member).
     ``stack``: the blend's weights (None: an encoder, or a continued model from before
-    stacking, which keeps its linear weight); ``members``: the linear and tree members;
+    stacking, which keeps its linear weight); ``members``: the linear, tree and k-mer members;
     ``out_of_fold``: the stack's out-of-fold table, kept as the validation rows when no
     validation split was held out; ``continued``: the model a fit went on from;
     ``read_floor``: the relative abundance below which its predictions leave an ASV out."""
     first = results[0]
     members = members or {}
-    linear_half, tree = members.get('linear'), members.get('tree')
+    linear_half, tree, kmers = members.get('linear'), members.get('tree'), members.get('kmers')
     if stack is not None:
         share = dict(zip(stack.members, stack.weights)).get('linear', 0.0)
     elif linear_half is not None:                    # continued from before stacking
@@ -133,7 +133,7 @@ def saved_model(cfg, plan, results, samples, labels=None, extra=None, stack=None
         if out_of_fold is not None and not len(validation):
             validation = out_of_fold
         return SavedModel(config, first.state_dict, first.history, validation,
-                          first.tensorboard, linear=linear_half, tree=tree)
+                          first.tensorboard, linear=linear_half, tree=tree, kmers=kmers)
     # an ensemble: each member's epochs and validation rows, told apart by a member column
     config.update(best_epoch=[r.best_epoch for r in results],
                   epochs_run=[r.epochs_run for r in results])
@@ -145,7 +145,8 @@ def saved_model(cfg, plan, results, samples, labels=None, extra=None, stack=None
     tensorboard = {f'member-{i}/{path}': content for i, r in enumerate(results)
                    for path, content in r.tensorboard.items()}
     return SavedModel(config, savedmodel.pack_members([r.state_dict for r in results]),
-                      history, validation, tensorboard, linear=linear_half, tree=tree)
+                      history, validation, tensorboard, linear=linear_half, tree=tree,
+                      kmers=kmers)
 
 
 def validation_split(data, validation_size, seed, stratify=None, groups=None):

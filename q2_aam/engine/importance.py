@@ -4,6 +4,8 @@
   (a coefficient on standardised log abundance: what one standard deviation of that ASV
   moves the prediction by; for a classifier, over the classes in quadrature);
 - the tree member: scikit-learn's impurity importance of the forest (saved with it);
+- the k-mer member: the spread over the samples of each ASV's first-order contribution
+  (its abundance times the output's slope in its k-mers' frequencies);
 - the transformer ensemble: how far each sample's output moves when one of its ASVs is
   taken out (occlusion), averaged over the samples given, for the ensemble's first member
   and each sample's 64 most abundant ASVs (for a classifier, the logit of the class each
@@ -15,6 +17,7 @@ leans on; ASVs that move together share credit unevenly (a forest may credit one
 model the other). All are keyed by sequence, then reported per feature ID of the table given.
 """
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .data import batch_indices
@@ -86,6 +89,30 @@ def tree_importance(model, sequences):
     if model.importance is None:
         return np.zeros(len(sequences))
     return np.where(columns >= 0, model.importance[np.maximum(columns, 0)], 0.0)
+
+
+def kmer_importance(model, counts, sequences):
+    """(F,) per feature column of ``counts``: how much the ASV moves the k-mer member's
+    outputs across the samples. Its first-order contribution to a sample's output is its
+    relative abundance times the slope of the output in its k-mers' frequencies; the
+    importance is the sd of that contribution over the samples (norm over outputs)."""
+    from .kmers import PSEUDO_FREQUENCY, kmer_frequencies
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    depth = np.asarray(counts.sum(axis=1)).ravel()
+    relative = (sp.diags(1.0 / np.maximum(depth, 1.0)) @ counts).tocsr()   # (n, F)
+    shares = kmer_frequencies(sequences, model.k)                            # (F, 4**k)
+    frequency = (relative @ shares).toarray()                                # (n, 4**k)
+    slope = model.coef / model.scale[:, None]                                # (4**k, O)
+    total = np.zeros((len(sequences), model.n_outputs))
+    squares = np.zeros_like(total)
+    for s in range(relative.shape[0]):
+        per_asv = shares @ (slope / (frequency[s] + PSEUDO_FREQUENCY)[:, None])  # (F, O)
+        contribution = relative[s].toarray().ravel()[:, None] * per_asv
+        total += contribution
+        squares += contribution ** 2
+    n = max(relative.shape[0], 1)
+    variance = np.maximum(squares / n - (total / n) ** 2, 0.0)
+    return np.sqrt(variance.sum(axis=1))
 
 
 def blend_importance(members, weights):

@@ -1,6 +1,6 @@
 """A trained model on disk: config.json + model.pt + history.tsv + validation.tsv + tensorboard/,
-and linear.tsv / tree.npz when the model has a linear / tree member (engine/linear.py,
-engine/trees.py).
+and linear.tsv / tree.npz / kmers.npz when the model has a linear / tree / k-mer member
+(engine/linear.py, engine/trees.py, engine/kmers.py).
 
 ``SavedModel`` is the one in-memory object the QIIME 2 artifact converts to and from.
 Loading never unpickles code: ``model.pt`` is read with ``torch.load(weights_only=True)``
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .kmers import KmerModel, check_kmers
 from .linear import PSEUDO_ABUNDANCE, LinearModel
 from .stack import check_stack_config
 from .trees import TreeModel, check_trees
@@ -31,6 +32,8 @@ TENSORBOARD_DIR = 'tensorboard'
 LINEAR_FILE = 'linear.tsv'
 TREE_FILE = 'tree.npz'
 TREE_ARRAYS = ('sequences', 'roots', 'left', 'right', 'feature', 'threshold', 'value')
+KMER_FILE = 'kmers.npz'
+KMER_ARRAYS = ('k', 'mean', 'scale', 'coef', 'intercept', 'penalty')
 
 
 class ModelFileError(ValueError):
@@ -47,7 +50,8 @@ class SavedModel:
     ``versions`` and ``linear`` (the linear half's weight, penalty and intercept, or None).
     ``linear`` holds that half's coefficients, one row per sequence (linear.tsv);
     ``stack`` (fitted since stacking) the members' weights and calibrations, and ``tree``
-    the tree member's nodes (tree.npz). ``read_floor`` (fitted since it was added): the
+    the tree member's nodes (tree.npz), ``kmers`` the k-mer member's coefficients
+    (kmers.npz). ``read_floor`` (fitted since it was added): the
     relative abundance below which prediction leaves a sample's ASV out (absent: none).
     """
     config: dict
@@ -58,6 +62,7 @@ class SavedModel:
     tensorboard: dict = field(default_factory=dict)   # relative path -> bytes
     linear: LinearModel = None
     tree: TreeModel = None
+    kmers: KmerModel = None
     # the task its container says it holds (a QIIME 2 artifact's type), where known; not saved
     declared_task: str = None
 
@@ -153,6 +158,8 @@ def save(saved: SavedModel, directory):
         write_linear(saved.linear, saved.config, directory / LINEAR_FILE)
     if saved.tree is not None:
         write_tree(saved.tree, directory / TREE_FILE)
+    if saved.kmers is not None:
+        write_kmers(saved.kmers, directory / KMER_FILE)
     tb = directory / TENSORBOARD_DIR
     tb.mkdir(exist_ok=True)
     for relative, content in saved.tensorboard.items():
@@ -377,6 +384,49 @@ def read_tree(directory, config):
     return tree
 
 
+def write_kmers(kmers, path):
+    """kmers.npz: plain arrays (no pickled objects), read back with allow_pickle=False."""
+    with open(path, 'wb') as fh:
+        np.savez_compressed(fh, k=np.int64(kmers.k), mean=kmers.mean, scale=kmers.scale,
+                            coef=kmers.coef, intercept=kmers.intercept,
+                            penalty=np.float64(kmers.penalty))
+
+
+def read_kmers(directory, config):
+    """kmers.npz back as a KmerModel, checked: shapes that agree with k and the outputs,
+    finite numbers; present exactly when the stack weighs a k-mer member."""
+    path = _member_file(directory, KMER_FILE,
+                        'kmers' in ((config.get('stack') or {}).get('members') or []),
+                        "config.json's stack weighs a k-mer member",
+                        "config.json's stack has no k-mer member to use it")
+    if path is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in KMER_ARRAYS if k not in arrays.files]
+            if missing:
+                raise ModelFileError(f'{KMER_FILE} lacks the arrays {", ".join(missing)}.')
+            a = {k: arrays[k] for k in KMER_ARRAYS}
+    except ModelFileError:
+        raise
+    except Exception as e:        # a truncated zip, bad bytes, object arrays refused
+        raise ModelFileError(f'{KMER_FILE} cannot be read as arrays ({type(e).__name__}: '
+                             f'{e}); the model folder is damaged: train the model again.') \
+            from None
+    try:
+        k = int(a['k'].astype(np.int64, casting='safe'))
+        if not 1 <= k <= 8:
+            raise ValueError(f'k must be 1 to 8, not {k}.')
+        kmers = KmerModel(config['task'], k,
+                          *(a[n].astype(np.float64, casting='safe') for n in
+                            ('mean', 'scale', 'coef', 'intercept')),
+                          float(a['penalty']))
+        check_kmers(kmers, 1 if config['task'] == 'regression' else len(config['labels']))
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f'{KMER_FILE} does not describe a k-mer member: {e}') from None
+    return kmers
+
+
 def read_linear(directory, config):
     """linear.tsv back as a LinearModel, checked against config.json: one row per sequence,
     one finite coefficient per output."""
@@ -470,6 +520,7 @@ def validate(directory, check_weights_too=True):
         _read_tsv(directory / name)
     read_linear(directory, config)
     read_tree(directory, config)
+    read_kmers(directory, config)
     if check_weights_too:
         check_weights(config, read_state_dict(directory / 'model.pt'))
     return config
@@ -487,4 +538,5 @@ def load(directory):
     tb = directory / TENSORBOARD_DIR
     tensorboard = read_files(tb) if tb.is_dir() else {}
     return SavedModel(config, state, history, validation, tensorboard,
-                      linear=read_linear(directory, config), tree=read_tree(directory, config))
+                      linear=read_linear(directory, config), tree=read_tree(directory, config),
+                      kmers=read_kmers(directory, config))

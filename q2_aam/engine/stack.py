@@ -19,7 +19,7 @@ import numpy as np
 
 from .calibration import apply_class_calibration, fit_class_calibration, softmax
 
-MEMBERS = ('transformer', 'linear', 'tree')
+MEMBERS = ('transformer', 'linear', 'tree', 'kmers')
 GRID_STEP = 0.02
 # equal weights count as this many samples when the chosen weights are pulled toward them.
 # 0: not pulled: judged leave-one-study-out, a pull toward equal weights did not pay.
