@@ -235,7 +235,7 @@ class LinearVariant:
 
 
 # fit with the transformer ensemble alone: a fixed blend without the other members
-ONLY_TRANSFORMERS = dict(blend='fixed', linear_weight=0.0, tree_weight=0.0)
+ONLY_TRANSFORMERS = dict(blend='fixed', linear_weight=0.0, tree_weight=0.0, kmer_weight=0.0)
 
 VARIANTS = {
     'rf': RFVariant("q2-sample-classifier default: random forest, 100 trees, raw counts"),
@@ -246,12 +246,12 @@ VARIANTS = {
     'linear': LinearVariant("ridge (regression) / logistic regression (classification) on "
                             "log(relative abundance + 1e-5), penalty by inner CV"),
     'aam': ProductVariant("q2-aam as shipped: `fit` with its defaults (the stacked blend of "
-                          "the transformer ensemble, the linear and the tree member; groups "
-                          "where subjects repeat), then `predict`"),
+                          "the transformer ensemble, the linear, the tree and the k-mer "
+                          "member; groups where subjects repeat), then `predict`"),
     'aam-fixed': ProductVariant("the shipped fit with the blend of the last release: 0.25 x "
                                 "the transformer ensemble + 0.75 x the linear half",
                                 dict(blend='fixed', transformer_weight=0.25, linear_weight=0.75,
-                                     tree_weight=0.0)),
+                                     tree_weight=0.0, kmer_weight=0.0)),
     'aam-transformer': ProductVariant("the transformer ensemble alone (every member fitted on "
                                       "every training sample): q2-aam before the linear half",
                                       ONLY_TRANSFORMERS),
@@ -320,8 +320,8 @@ def repeats_subjects(ds):
 def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=False):
     """The shipped fit on the training rows, the shipped predict on the test rows. Also
     returns (info['derived']) what the stack's members predict: the transformer ensemble
-    alone, and the blend restacked without it (the same stack fitted on the linear and tree
-    members' out-of-fold predictions the model keeps), so that a row says what the
+    alone, the k-mer member alone, and the blend restacked without the transformers (the
+    same stack fitted on the other members' out-of-fold predictions the model keeps), so that a row says what the
     transformer adds. ``encoder``: a pretrained encoder to fit from (else the variant's
     ``pretrain`` makes one on the training rows, or fit starts from scratch)."""
     import contextlib
@@ -373,6 +373,8 @@ def run_product(v, ds, train_rows, test_rows, threads=0, encoder=None, quick=Fal
             for p in members['transformer']]
         members['transformer'] = members['transformer'].mean(axis=0)
     derived = {'transformer': members['transformer']}
+    if 'kmers' in members:      # no stand-alone variant has it: restack.py reads these rows
+        derived['kmers'] = members['kmers']
     others = [m for m in stack['members'] if m != 'transformer']
     oof = model.validation
     if others and 'fold' in oof:

@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accuracy import DATASETS, score  # noqa: E402
 from q2_aam.engine import stack as stack_module  # noqa: E402
 
-MEMBERS = {'transformer': 'aam:transformer', 'linear': 'linear', 'tree': 'tree'}
+# each member's test predictions: the product's rows for the transformers and the k-mer
+# member, the stand-alone variants' for the linear and tree members (the same fits)
+MEMBERS = {'transformer': 'aam:transformer', 'linear': 'linear', 'tree': 'tree',
+           'kmers': 'aam:kmers'}
 RULES = {
     'shipped': dict(),
     'no-calibration': dict(calibrate=False),
@@ -33,7 +36,8 @@ RULES = {
     'shrink-0': dict(shrink_samples=0),
     'no-calibration-shrink-0': dict(calibrate=False, shrink_samples=0),
     'equal': None,
-    'without-transformer': dict(members=('linear', 'tree')),
+    'without-transformer': dict(without='transformer'),
+    'without-kmers': dict(without='kmers'),      # the blend before 2026-12-07 (stop 32)
     # the rule before 2026-12-07: the transformers' calibration applied to their average
     # (needs the run's per-model rows; without them every rule calibrates the average)
     'calibrate-average': dict(calibrate_each_model=False),
@@ -98,10 +102,13 @@ def rule_scores(folder, transformer_from=None):
         if task == 'classification':
             classes = [c[2:-1] for c in test.columns if c.startswith('p(')]
         per = {}
+        # the members this run's model had (runs before the k-mer member lack it)
+        here = [m for m in MEMBERS if f'prediction:{m}' in oof or
+                any(c.startswith(f'prob:{m}:') for c in oof.columns)]
         for fold, held in oof.groupby('fold'):
             t = test[test['fold'] == fold]
             members, ids = {}, None
-            for m, model in MEMBERS.items():
+            for m, model in ((m, MEMBERS[m]) for m in here):
                 ids, members[m] = _member_matrix(t[t['model'] == model], task, classes)
             each = _each_model(t, task, classes)
             if each is not None:          # a classifier's transformers, model by model
@@ -117,11 +124,11 @@ def rule_scores(folder, transformer_from=None):
                 col = [classes.index(c) for c in labels]
                 y = held['truth'].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
                 oof_m = {m: held[[f'prob:{m}:{c}' for c in labels]].to_numpy(float)
-                         for m in MEMBERS}
-                test_m = {m: members[m][..., col] for m in MEMBERS}
+                         for m in here}
+                test_m = {m: members[m][..., col] for m in here}
             else:
                 y = held['truth'].to_numpy(float)
-                oof_m = {m: held[f'prediction:{m}'].to_numpy(float) for m in MEMBERS}
+                oof_m = {m: held[f'prediction:{m}'].to_numpy(float) for m in here}
                 test_m = members
 
             truth_names = truth_rows['truth'].to_numpy()
@@ -139,10 +146,12 @@ def rule_scores(folder, transformer_from=None):
                 return score(truth, pred)['r2']
             for name, rule in RULES.items():
                 if rule is None:
-                    stack = stack_module.equal_stack(list(MEMBERS), task, 'rule')
+                    stack = stack_module.equal_stack(here, task, 'rule')
                 else:
                     rule = dict(rule)
-                    names = rule.pop('members', tuple(MEMBERS))
+                    if rule.get('without') is not None and rule['without'] not in here:
+                        continue              # a rule about a member this run lacks
+                    names = [m for m in here if m != rule.pop('without', None)]
                     each_model = rule.pop('calibrate_each_model', None)
                     stack = stack_module.fit_stack({m: oof_m[m] for m in names}, y, task,
                                                    **rule)
@@ -153,8 +162,10 @@ def rule_scores(folder, transformer_from=None):
                 per.setdefault(name, []).append(scored(
                     stack_module.apply_stack(stack, {m: test_m[m] for m in stack.members}),
                     name=f'stack:{name}'))
-            for model in ('rf', 'aam', 'linear', 'tree', 'aam:transformer'):
+            for model in ('rf', 'aam', 'linear', 'tree', 'aam:transformer', 'aam:kmers'):
                 rows = t[t['model'] == model]
+                if not len(rows):
+                    continue
                 _, pred = _member_matrix(rows, task, classes)
                 if task == 'classification':
                     per.setdefault(model, []).append(score(truth, pred, classes)['accuracy'])
@@ -173,7 +184,8 @@ def main(argv=None):
                    'leave-one-study-out choice\'s ("stack:loso"), for pooled.py --across')
     args = p.parse_args(argv)
     scores = rule_scores(args.folder, args.transformer_from)
-    names = list(RULES) + ['aam', 'linear', 'tree', 'aam:transformer']
+    names = [n for n in list(RULES) + ['aam', 'linear', 'tree', 'aam:transformer', 'aam:kmers']
+             if all(n in per for per in scores.values())]
     print('| row | forest | ' + ' | '.join(names) + ' |\n|---|---|' + '---|' * len(names))
     for row, per in scores.items():
         rf = np.mean(per['rf'])
@@ -182,7 +194,7 @@ def main(argv=None):
     pooled = {n: np.mean([np.mean(per[n]) - np.mean(per['rf']) for per in scores.values()])
               for n in names}
     print('| **pooled − forest** | | ' + ' | '.join(f'{pooled[n]:+.3f}' for n in names) + ' |')
-    print('\nThe shipped rule\'s weights, mean over folds (transformer / linear / tree):')
+    print('\nThe shipped rule\'s weights, mean over folds (' + ' / '.join(MEMBERS) + '):')
     for row, folds in WEIGHTS.items():
         mean = {m: np.mean([f.get(m, 0.0) for f in folds]) for m in MEMBERS}
         print(f'- {row}: ' + ' / '.join(f'{mean[m]:.2f}' for m in MEMBERS))
@@ -194,7 +206,8 @@ def main(argv=None):
         if not others:
             continue
         gain = {n: np.mean([np.mean(scores[r][n]) - np.mean(scores[r]['rf']) for r in others])
-                for n in RULES if n != 'without-transformer'}
+                for n in RULES
+                if not n.startswith('without-') and all(n in scores[r] for r in others)}
         best = max(gain, key=gain.get)
         for r in scores:
             if study[r] == s:
@@ -203,7 +216,8 @@ def main(argv=None):
         print(f'- {s}: {best} ({", ".join(f"{n} {g:+.3f}" for n, g in gain.items())})')
     if chosen:
         print(f'\nPooled at the left-out choices: {np.mean(chosen):+.3f}')
-    overall = max((n for n in RULES if n != 'without-transformer'), key=lambda n: pooled[n])
+    overall = max((n for n in RULES if not n.startswith('without-') and n in pooled),
+                  key=lambda n: pooled[n])
     print(f'The rule all studies favour together: {overall} ({pooled[overall]:+.3f})')
     if args.write:
         frame = pd.DataFrame(RECORDS)

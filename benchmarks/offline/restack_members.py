@@ -14,7 +14,7 @@ import numpy as np, pandas as pd
 ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'benchmarks')); sys.path.insert(0, str(ROOT))
 from accuracy import DATASETS, score
-from restack import _member_matrix
+from restack import _each_model, _member_matrix
 from q2_aam.engine import stack as S
 
 FOLDER = Path(sys.argv[1]); EXTRA = {}
@@ -51,6 +51,8 @@ for path in sorted(FOLDER.glob('*-oof.tsv')):
             y = held['truth'].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
             oofm = {m: held[[f'prob:{m}:{c}' for c in labels]].to_numpy(float) for m in BASE}
             testm = {m: mat(t[t.model == {'transformer': 'aam:transformer'}.get(m, m)], task, classes)[:, col] for m in BASE}
+            each = _each_model(t, task, classes)   # calibrated model by model, as predict does
+            if each is not None: testm['transformer'] = each[..., col]
             for k, v in ex.items():
                 oofm[k] = np.array(v['oof'])[:, col]; testm[k] = np.array(v['test'])[:, col]
                 # renormalise after dropping classes absent from training
@@ -68,7 +70,7 @@ for path in sorted(FOLDER.glob('*-oof.tsv')):
             return score(truth, pred)['r2']
         per.setdefault('rf', []).append(sc(mat(t[t.model == 'rf'], task, classes)[:, col] if task == 'classification' else mat(t[t.model == 'rf'], task, classes)))
         for m in list(BASE) + list(ex):
-            per.setdefault(m, []).append(sc(testm[m]))
+            per.setdefault(m, []).append(sc(testm[m].mean(0) if testm[m].ndim == 3 else testm[m]))
         for cfg in CONFIGS:
             st = S.fit_stack({m: oofm[m] for m in cfg}, y, task,
                              grid_step=STEP if len(cfg) > 3 else S.GRID_STEP)
