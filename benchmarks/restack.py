@@ -151,7 +151,8 @@ def rule_scores(folder, transformer_from=None):
                     rule = dict(rule)
                     if rule.get('without') is not None and rule['without'] not in here:
                         continue              # a rule about a member this run lacks
-                    names = [m for m in here if m != rule.pop('without', None)]
+                    left_out = rule.pop('without', None)
+                    names = [m for m in here if m != left_out]
                     each_model = rule.pop('calibrate_each_model', None)
                     stack = stack_module.fit_stack({m: oof_m[m] for m in names}, y, task,
                                                    **rule)
