@@ -592,6 +592,7 @@ def test_the_fit_log_names_each_members_score_and_weight(capsys):
         r2 = stack['out_of_fold']['scores'][m]['r2']
         assert f'{m}: out-of-fold r2 {r2:.3f}, mse ' in line and f'weight {w:.2f}' in line
     assert 'linear member: ridge regression on ' in out
+    assert 'k-mer member: ridge regression on 1024 5-mer frequencies, penalty alpha ' in out
     assert 'tree member: an ExtraTrees forest of 500 trees on ' in out
 
 

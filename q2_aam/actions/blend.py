@@ -11,8 +11,8 @@ from ..engine.predict import class_probabilities
 
 def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, continue_from,
           labels, group_of, scale):
-    """The stack (weights and calibrations), the linear, tree and k-mer members fitted on every
-    training sample, and the out-of-fold table (None without folds)."""
+    """The stack (weights and calibrations), the linear, tree and k-mer members fitted on
+    every training sample, and the out-of-fold table (None without folds)."""
     task, n_classes = cfg.task, (cfg.n_outputs if cfg.task == 'classification' else None)
     if continue_from is not None:
         return _continued_blend(continue_from)
@@ -51,16 +51,14 @@ def blend(plan, cfg, data, counts, seqs, targets, train_rows, folds, held_out, c
 
 
 def _member_note(name, member, task):
+    kind, penalty = ('ridge', 'alpha') if task == 'regression' else ('logistic', 'C')
     if name == 'linear':
-        kind = 'ridge' if task == 'regression' else 'logistic'
-        penalty = 'alpha' if task == 'regression' else 'C'
         return (f'linear member: {kind} regression on {len(member.sequences)} ASVs, penalty '
                 f'{penalty} {member.penalty:.3g} chosen by cross-validation.')
     if name == 'kmers':
-        penalty = 'alpha' if task == 'regression' else 'C'
-        return (f'k-mer member: {"ridge" if task == "regression" else "logistic"} regression '
-                f'on {member.coef.shape[0]} {member.k}-mer frequencies, penalty {penalty} '
-                f'{member.penalty:.3g} chosen by cross-validation.')
+        return (f'k-mer member: {kind} regression on {member.coef.shape[0]} {member.k}-mer '
+                f'frequencies, penalty {penalty} {member.penalty:.3g} chosen by '
+                'cross-validation.')
     return (f'tree member: an ExtraTrees forest of {len(member.roots)} trees on '
             f'{len(member.sequences)} ASVs.')
 
