@@ -600,3 +600,36 @@ def test_groups_reach_fit_and_the_linear_row_only_where_subjects_repeat(accuracy
     assert not accuracy.repeats_subjects(replace(ds, name='hiv-age'))
     assert accuracy.repeats_subjects(replace(ds, name='moving-pictures-by-day-rarefied'))
     assert not accuracy.repeats_subjects(replace(ds, name='moving-pictures-rarefied'))
+
+
+def test_restack_leaves_out_exactly_the_member_a_rule_names(tmp_path):
+    """'without-kmers' is the same stack on the other members: on a row where the k-mer
+    member is the only good one it scores far below the shipped rule, which weighs it most."""
+    import sys
+    import pandas as pd
+    sys.path.insert(0, str(SCRIPT.parent))
+    import restack
+    rng = np.random.default_rng(0)
+    names = ('transformer', 'linear', 'tree', 'kmers')
+    noise = {'transformer': 2.0, 'linear': 2.0, 'tree': 2.0, 'kmers': 0.1}
+    y_train, y_test = rng.normal(size=60), rng.normal(size=20)
+    oof = pd.DataFrame({'sample-id': [f't{i}' for i in range(60)], 'truth': y_train,
+                        'prediction': 0.0, 'inner_fold': np.arange(60) % 5, 'fold': 0})
+    for m in names:
+        oof[f'prediction:{m}'] = y_train + rng.normal(0, noise[m], 60)
+    rows = []
+    for model, m in [('rf', 'tree'), ('aam', 'kmers'), ('linear', 'linear'), ('tree', 'tree'),
+                     ('aam:transformer', 'transformer'), ('aam:kmers', 'kmers')]:
+        pred = y_test + rng.normal(0, noise[m], 20)
+        rows += [{'dataset': 'sleep-apnea', 'model': model, 'fold': 0, 'sample_id': f's{i}',
+                  'split_seed': 0, 'truth': y_test[i], 'prediction': pred[i]}
+                 for i in range(20)]
+    pd.DataFrame(rows).to_csv(tmp_path / 'sleep-apnea.tsv', sep='\t', index=False)
+    oof.to_csv(tmp_path / 'sleep-apnea-oof.tsv', sep='\t', index=False)
+    restack.WEIGHTS.clear()
+    scores = restack.rule_scores(tmp_path)['sleep-apnea']
+    weights = restack.WEIGHTS['sleep-apnea'][0]
+    assert set(weights) == set(names) and max(weights, key=weights.get) == 'kmers'
+    assert scores['shipped'][0] > 0.9
+    assert scores['without-kmers'][0] < scores['shipped'][0] - 0.3
+    assert scores['without-transformer'][0] > 0.9
