@@ -348,6 +348,25 @@ def _member_file(directory, name, wanted, described, unused):
     return path
 
 
+def _read_arrays(path, required, optional=()):
+    """A member's .npz as {name: array}, without unpickling: every ``required`` array, and
+    each ``optional`` one it holds; a missing array or an unreadable file is refused by
+    the file's name."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in required if k not in arrays.files]
+            if missing:
+                raise ModelFileError(f'{path.name} lacks the arrays {", ".join(missing)}.')
+            return {k: arrays[k] for k in tuple(required) + tuple(optional)
+                    if k in arrays.files}
+    except ModelFileError:
+        raise
+    except Exception as e:        # a truncated zip, bad bytes, object arrays refused
+        raise ModelFileError(f'{path.name} cannot be read as arrays ({type(e).__name__}: '
+                             f'{e}); the model folder is damaged: train the model again.') \
+            from None
+
+
 def read_tree(directory, config):
     """tree.npz back as a TreeModel, checked: the arrays of a forest whose every node and
     feature index is in range, present exactly when the stack weighs a tree member."""
@@ -357,18 +376,7 @@ def read_tree(directory, config):
                         "config.json's stack has no tree member to use it")
     if path is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in TREE_ARRAYS if k not in arrays.files]
-            if missing:
-                raise ModelFileError(f'{TREE_FILE} lacks the arrays {", ".join(missing)}.')
-            a = {k: arrays[k] for k in TREE_ARRAYS + ('importance',) if k in arrays.files}
-    except ModelFileError:
-        raise
-    except Exception as e:        # a truncated zip, bad bytes, object arrays refused
-        raise ModelFileError(f'{TREE_FILE} cannot be read as arrays ({type(e).__name__}: '
-                             f'{e}); the model folder is damaged: train the model again.') \
-            from None
+    a = _read_arrays(path, TREE_ARRAYS, optional=('importance',))
     try:
         tree = TreeModel(config['task'], [str(x) for x in a['sequences'].ravel()],
                          *(a[k].astype(np.int64, casting='safe') for k in
@@ -401,18 +409,7 @@ def read_kmers(directory, config):
                         "config.json's stack has no k-mer member to use it")
     if path is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in KMER_ARRAYS if k not in arrays.files]
-            if missing:
-                raise ModelFileError(f'{KMER_FILE} lacks the arrays {", ".join(missing)}.')
-            a = {k: arrays[k] for k in KMER_ARRAYS}
-    except ModelFileError:
-        raise
-    except Exception as e:        # a truncated zip, bad bytes, object arrays refused
-        raise ModelFileError(f'{KMER_FILE} cannot be read as arrays ({type(e).__name__}: '
-                             f'{e}); the model folder is damaged: train the model again.') \
-            from None
+    a = _read_arrays(path, KMER_ARRAYS)
     try:
         k = int(a['k'].astype(np.int64, casting='safe'))
         if not 1 <= k <= 8:
