@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 sys.path.insert(0, str(ROOT))
 from accuracy import load_dataset, repeats_subjects  # noqa: E402
+from q2_aam.engine.kmers import fit_kmers, kmer_frequencies, kmer_outputs  # noqa: E402
 from q2_aam.engine.linear import fit_linear, linear_outputs  # noqa: E402
 
 
@@ -72,51 +73,12 @@ def neighbours(kind, k, Xtr, ytr, Xte, task, n_classes):
 
 
 def kmer_profile(sequences, rel, k):
-    """(samples, 4**k): each ASV's k-mer frequencies (k-mers with a base other than ACGT
-    skipped), weighted by the ASV's relative abundance in the sample."""
-    code = {'A': 0, 'C': 1, 'G': 2, 'T': 3}
-    rows, cols = [], []
-    for i, seq in enumerate(sequences):
-        digits = np.array([code.get(b, -1) for b in seq.upper()])
-        if len(digits) < k:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(digits, k)
-        windows = windows[(windows >= 0).all(1)]
-        ids = windows @ (4 ** np.arange(k - 1, -1, -1))
-        rows.extend([i] * len(ids))
-        cols.extend(ids.tolist())
-    K = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sequences), 4 ** k))
-    K = sp.diags(1 / np.maximum(np.asarray(K.sum(1)).ravel(), 1)) @ K
-    return (sp.csr_matrix(rel) @ K).toarray()
+    """(samples, 4**k): each ASV's k-mer shares weighted by its relative abundance (the
+    shipped member's profile before its log, q2_aam/engine/kmers.py)."""
+    return (sp.csr_matrix(rel) @ kmer_frequencies(sequences, k)).toarray()
 
 
 _PROFILES = {}
-
-
-def _kmer_linear(P, y, task, n_classes, groups, Pte):
-    import warnings
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-    from sklearn.preprocessing import StandardScaler
-    from q2_aam.engine.linear import (LOGISTIC_CS, LOGISTIC_MAX_ITER, RIDGE_ALPHAS,
-                                      penalty_folds)
-    X, Xte = np.log(P + 1e-6), np.log(Pte + 1e-6)
-    scale = StandardScaler().fit(X)
-    X, Xte = scale.transform(X), scale.transform(Xte)
-    folds = penalty_folds(y, task, groups)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        if task == 'regression':
-            return RidgeCV(alphas=RIDGE_ALPHAS, cv=folds).fit(X, y).predict(Xte)
-        present = np.unique(y)
-        out = np.full((len(Xte), n_classes), 0.0)
-        if len(present) < 2:
-            out[:, present] = 1
-            return out
-        smallest = np.bincount(y)[present].min()
-        est = LogisticRegressionCV(Cs=LOGISTIC_CS, cv=folds or int(max(2, min(5, smallest))),
-                                   max_iter=LOGISTIC_MAX_ITER).fit(X, y)
-        out[:, est.classes_] = est.predict_proba(Xte)
-        return out
 
 
 def _kmer_trees(P, y, task, n_classes, Pte):
@@ -147,14 +109,16 @@ def member(name, ds, rel, tr, te):
         return neighbours(kind, int(k), rel[tr], ds.y[tr], rel[te], ds.task, n_classes)
     if name.startswith('kmer-'):
         _, kind, k = name.split('-')
+        if kind == 'lin':           # the shipped member (kmer-lin-5 is it, as fit makes it)
+            groups = ds.groups[tr] if repeats_subjects(ds) else None
+            model = fit_kmers(ds.counts[tr], seqs, ds.y[tr], ds.task, n_classes, groups,
+                              k=int(k))
+            return kmer_outputs(model, ds.counts[te], seqs)
         key = (ds.name, int(k))
         if key not in _PROFILES:
             _PROFILES[key] = kmer_profile(seqs, rel, int(k))
         P = _PROFILES[key]
-        if kind == 'tree':
-            return _kmer_trees(P[tr], ds.y[tr], ds.task, n_classes, P[te])
-        groups = ds.groups[tr] if repeats_subjects(ds) else None
-        return _kmer_linear(P[tr], ds.y[tr], ds.task, n_classes, groups, P[te])
+        return _kmer_trees(P[tr], ds.y[tr], ds.task, n_classes, P[te])
     if name in ('lin', 'lin-grp', 'pa'):
         counts = binarised(ds.counts) if name == 'pa' else ds.counts
         groups = ds.groups[tr] if name == 'lin-grp' and repeats_subjects(ds) else None
